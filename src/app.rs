@@ -1,0 +1,205 @@
+//! The application: everything a request needs, behind one `Arc`.
+//!
+//! Config-derived state (the validated config, outpost client, breaker, emergency realm, cache)
+//! lives in a [`Runtime`] swapped atomically on reload, so a request sees one consistent
+//! generation from start to end. Metrics, the in-flight table and the readiness flags live as
+//! long as the process.
+
+use std::collections::hash_map::RandomState;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::auth::cache::Cache;
+use crate::auth::coalesce::Inflight;
+use crate::auth::fallback::{HtpasswdError, Realm};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::upstream::breaker::{Breaker, Transition};
+use crate::upstream::client::OutpostClient;
+
+/// One generation of config-derived state.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The validated config.
+    pub config: Config,
+    /// Increments on every reload; part of every cache key.
+    pub generation: u64,
+    /// The keepalive pool to the outpost.
+    pub client: OutpostClient,
+    /// The outpost's circuit breaker (kept across reloads while the outpost URL is unchanged).
+    pub breaker: Arc<Breaker>,
+    /// The emergency realm; `None` when `fallback.enabled = false`.
+    pub realm: Option<Arc<Realm>>,
+    /// The positive-decision cache.
+    pub cache: Arc<Cache>,
+}
+
+/// Process-wide state.
+#[derive(Debug)]
+pub struct App {
+    /// Metrics registry and handles.
+    pub metrics: Metrics,
+    runtime: ArcSwap<Runtime>,
+    /// Coalesced misses in flight.
+    pub inflight: Inflight,
+    hasher: RandomState,
+    generation: AtomicU64,
+    draining: AtomicBool,
+}
+
+/// Why a runtime could not be built from a config.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The htpasswd file is broken.
+    #[error("fallback.htpasswd_file: {0}")]
+    Htpasswd(#[from] HtpasswdError),
+}
+
+impl App {
+    /// Builds the app from a validated config. Must run inside a Tokio runtime (the realm's
+    /// file watcher and the breaker probe are spawned here).
+    pub fn new(config: Config, metrics: Metrics) -> Result<Arc<App>, BuildError> {
+        let runtime = build_runtime(config, 1, None, &metrics)?;
+        let app = Arc::new(App {
+            metrics,
+            runtime: ArcSwap::from_pointee(runtime),
+            inflight: Inflight::default(),
+            hasher: RandomState::new(),
+            generation: AtomicU64::new(1),
+            draining: AtomicBool::new(false),
+        });
+        tokio::spawn(probe_loop(Arc::downgrade(&app)));
+        Ok(app)
+    }
+
+    /// The current runtime (one atomic load and a refcount).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// The random hasher of cache keys.
+    pub fn hasher(&self) -> &RandomState {
+        &self.hasher
+    }
+
+    /// Applies a new validated config. Listener addresses cannot change without a restart.
+    pub fn reload(&self, mut config: Config) -> Result<(), BuildError> {
+        let old = self.runtime();
+        if config.server.listen != old.config.server.listen
+            || config.server.admin_listen != old.config.server.admin_listen
+        {
+            tracing::warn!(
+                "server.listen / server.admin_listen changed: a restart is needed to rebind; \
+                 keeping the current listeners"
+            );
+            config.server.listen = old.config.server.listen;
+            config.server.admin_listen = old.config.server.admin_listen;
+        }
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let next = build_runtime(config, generation, Some(&old), &self.metrics)?;
+        old.cache.clear();
+        self.metrics.cache_entries.set(next.cache.len() as i64);
+        self.runtime.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Marks the process as shutting down: `/readyz` answers 503 from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Applies a breaker transition to the gauges and logs it once.
+    pub fn breaker_transition(&self, t: Transition, reason: &str) {
+        let rt = self.runtime();
+        let fallback = rt.realm.is_some();
+        match t {
+            Transition::None => {}
+            Transition::Opened => {
+                self.metrics.outpost_up.set(0);
+                self.metrics.fallback_active.set(i64::from(fallback));
+                if fallback {
+                    tracing::error!(reason, "outpost down, fallback active");
+                } else {
+                    tracing::error!(reason, "outpost down, fallback disabled: failing closed");
+                }
+            }
+            Transition::Closed => {
+                self.metrics.outpost_up.set(1);
+                self.metrics.fallback_active.set(0);
+                tracing::warn!("outpost back, fallback inactive");
+            }
+        }
+    }
+}
+
+fn build_runtime(
+    config: Config,
+    generation: u64,
+    old: Option<&Runtime>,
+    metrics: &Metrics,
+) -> Result<Runtime, BuildError> {
+    let realm = if config.fallback.enabled {
+        let realm = Arc::new(Realm::load(&config.fallback)?);
+        realm.spawn_watcher();
+        Some(realm)
+    } else {
+        None
+    };
+    let same_outpost = old.is_some_and(|o| o.config.outpost == config.outpost);
+    let client = match old {
+        Some(o) if same_outpost => o.client.clone(),
+        _ => OutpostClient::new(&config.outpost, metrics.outpost_connections_opened.clone()),
+    };
+    let breaker = match old {
+        Some(o) if o.config.outpost.url == config.outpost.url => o.breaker.clone(),
+        _ => Arc::new(Breaker::new(config.fallback.trip_after)),
+    };
+    breaker.set_trip_after(config.fallback.trip_after);
+    let cache = Arc::new(Cache::new(config.cache.capacity, config.cache.ttl));
+    Ok(Runtime { config, generation, client, breaker, realm, cache })
+}
+
+/// While the breaker is open, probes `/outpost.goauthentik.io/ping` every `probe_interval` and
+/// closes it on the first answer below 500.
+async fn probe_loop(app: std::sync::Weak<App>) {
+    loop {
+        let Some(strong) = app.upgrade() else { return };
+        let rt = strong.runtime();
+        drop(strong);
+        // Re-check now and then: a reload may swap the breaker we wait on.
+        if tokio::time::timeout(Duration::from_secs(1), rt.breaker.wait_open()).await.is_err() {
+            continue;
+        }
+        tokio::time::sleep(rt.config.fallback.probe_interval).await;
+        if probe(&rt).await {
+            let t = rt.breaker.close();
+            if let Some(app) = app.upgrade() {
+                app.breaker_transition(t, "probe succeeded");
+            }
+        }
+    }
+}
+
+async fn probe(rt: &Runtime) -> bool {
+    let mut req = http::Request::new(crate::body::Body::Empty);
+    *req.uri_mut() = rt
+        .client
+        .uri(http::uri::PathAndQuery::from_static("/outpost.goauthentik.io/ping"));
+    let exchange = async {
+        let resp = rt.client.send(req).await.ok()?;
+        let status = resp.status();
+        http_body_util::BodyExt::collect(http_body_util::Limited::new(resp.into_body(), 64 * 1024))
+            .await
+            .ok()?;
+        Some(status.as_u16() < 500)
+    };
+    matches!(tokio::time::timeout(rt.client.timeout(), exchange).await, Ok(Some(true)))
+}

@@ -1,0 +1,384 @@
+//! The positive-decision cache (DESIGN.md section 3).
+//!
+//! Only authenticated allows are stored, keyed by config generation, effective host and every
+//! credential the outpost reads (`authentik_proxy_*` cookie values and `Authorization`). The
+//! index is a 64-bit hash, but a hit compares the full key bytes, so a collision can never hand
+//! one user's identity to another. Shards each hold an LRU behind their own mutex; no lock is
+//! held across an `.await`.
+
+use std::hash::BuildHasher;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::HeaderValue;
+use lru::LruCache;
+use tokio::time::Instant;
+
+use super::outpost::Identity;
+use super::request::{Caller, SESSION_COOKIE_PREFIX};
+use crate::metrics::Lookup;
+
+/// Shards: enough that two cores rarely meet on one lock.
+const SHARDS: usize = 16;
+/// Separator between the key's fields; header values cannot contain it.
+const FIELD_END: u8 = 0;
+/// Marks the start of the `Authorization` field.
+const AUTH_MARK: u8 = 1;
+
+/// The full key: `generation | host \0 (name=value \0)* \1 authorization`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CacheKey {
+    bytes: Box<[u8]>,
+    hash: u64,
+}
+
+impl CacheKey {
+    /// Builds the key of a request, or `None` when it carries no credential at all (then the
+    /// outpost can only answer anonymously or with a redirect, which are never cached).
+    pub fn new(
+        generation: u64,
+        host: &HeaderValue,
+        caller: &Caller<'_>,
+        hasher: &impl BuildHasher,
+    ) -> Option<CacheKey> {
+        let auth = caller.authorization();
+        let mut bytes = Vec::with_capacity(8 + host.len() + 256 + auth.map_or(0, |a| a.len()));
+        bytes.extend_from_slice(&generation.to_le_bytes());
+        bytes.extend_from_slice(host.as_bytes());
+        bytes.push(FIELD_END);
+        let mut any = false;
+        for header in caller.cookies() {
+            for (name, value) in session_cookies(header.as_bytes()) {
+                bytes.extend_from_slice(name);
+                bytes.push(b'=');
+                bytes.extend_from_slice(value);
+                bytes.push(FIELD_END);
+                any = true;
+            }
+        }
+        bytes.push(AUTH_MARK);
+        if let Some(a) = auth {
+            bytes.extend_from_slice(a.as_bytes());
+            any = true;
+        }
+        if !any {
+            return None;
+        }
+        let hash = hasher.hash_one(&bytes);
+        Some(CacheKey { bytes: bytes.into_boxed_slice(), hash })
+    }
+
+    /// The 64-bit index hash.
+    pub fn hash(&self) -> u64 {
+        self.hash
+    }
+
+    /// Whether this key holds any of `cred`'s credentials (a session cookie or the
+    /// `Authorization` value), on any host.
+    fn shares_credential(&self, cred: &Credentials) -> bool {
+        let Some(mark) = self.bytes.iter().rposition(|&b| b == AUTH_MARK) else {
+            return false;
+        };
+        let (cookies, auth) = (&self.bytes[..mark], &self.bytes[mark + 1..]);
+        if !auth.is_empty() && cred.authorization.as_deref() == Some(auth) {
+            return true;
+        }
+        cred.cookies
+            .iter()
+            .any(|c| cookies.windows(c.len()).any(|w| w == c.as_slice()))
+    }
+}
+
+/// `authentik_proxy_*` pairs of one `Cookie` header value (RFC 6265 section 4.2.1 syntax:
+/// `name=value` separated by `;` and optional spaces).
+pub fn session_cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    header.split(|&b| b == b';').filter_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        name.starts_with(SESSION_COOKIE_PREFIX.as_bytes())
+            .then_some((name, value))
+    })
+}
+
+/// The credentials of a sign-out request, for purging.
+#[derive(Debug, Default)]
+pub struct Credentials {
+    /// `\0name=value\0` needles.
+    cookies: Vec<Vec<u8>>,
+    authorization: Option<Vec<u8>>,
+}
+
+impl Credentials {
+    /// Collects a caller's credentials.
+    pub fn of(caller: &Caller<'_>) -> Credentials {
+        let mut cookies = Vec::new();
+        for header in caller.cookies() {
+            for (name, value) in session_cookies(header.as_bytes()) {
+                let mut needle = Vec::with_capacity(name.len() + value.len() + 3);
+                needle.push(FIELD_END);
+                needle.extend_from_slice(name);
+                needle.push(b'=');
+                needle.extend_from_slice(value);
+                needle.push(FIELD_END);
+                cookies.push(needle);
+            }
+        }
+        let authorization = caller.authorization().map(|a| a.as_bytes().to_vec());
+        Credentials { cookies, authorization }
+    }
+
+    /// Whether there is nothing to purge by.
+    pub fn is_empty(&self) -> bool {
+        self.cookies.is_empty() && self.authorization.is_none()
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    key: Box<[u8]>,
+    identity: Arc<Identity>,
+    expires: Instant,
+}
+
+/// The sharded LRU.
+#[derive(Debug)]
+pub struct Cache {
+    shards: Box<[Mutex<LruCache<u64, Entry>>]>,
+    ttl: Duration,
+}
+
+impl Cache {
+    /// A cache of `capacity` entries whose entries live at most `ttl` (zero: disabled).
+    pub fn new(capacity: usize, ttl: Duration) -> Cache {
+        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let shards = (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect();
+        Cache { shards, ttl }
+    }
+
+    /// Whether the cache is on (`cache.ttl` above zero).
+    pub fn enabled(&self) -> bool {
+        !self.ttl.is_zero()
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<LruCache<u64, Entry>> {
+        &self.shards[(hash as usize) % SHARDS]
+    }
+
+    /// Looks a key up; a hit is a live entry whose full key bytes equal `key`'s.
+    pub fn get(&self, key: &CacheKey, now: Instant) -> (Lookup, Option<Arc<Identity>>) {
+        let Ok(mut shard) = self.shard(key.hash).lock() else {
+            return (Lookup::Miss, None);
+        };
+        let Some(entry) = shard.get(&key.hash) else {
+            return (Lookup::Miss, None);
+        };
+        if *entry.key != *key.bytes {
+            return (Lookup::Miss, None);
+        }
+        if entry.expires <= now {
+            shard.pop(&key.hash);
+            return (Lookup::Expired, None);
+        }
+        (Lookup::Hit, Some(entry.identity.clone()))
+    }
+
+    /// Stores an authenticated identity, its TTL capped by the JWT `exp`. Returns whether it
+    /// was stored (an already expired token is not).
+    pub fn insert(&self, key: &CacheKey, identity: Arc<Identity>, now: Instant) -> bool {
+        let Some(ttl) = self.ttl_for(&identity) else {
+            return false;
+        };
+        let entry = Entry { key: key.bytes.clone(), identity, expires: now + ttl };
+        if let Ok(mut shard) = self.shard(key.hash).lock() {
+            shard.put(key.hash, entry);
+            return true;
+        }
+        false
+    }
+
+    fn ttl_for(&self, identity: &Identity) -> Option<Duration> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let Some(exp) = identity.jwt_exp else {
+            return Some(self.ttl);
+        };
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
+        let left = Duration::from_secs(exp.checked_sub(now)?);
+        (!left.is_zero()).then(|| left.min(self.ttl))
+    }
+
+    /// Removes every entry that shares a credential with `cred`, on every host, and every entry
+    /// of the same users (by `X-authentik-uid`). Returns how many were removed.
+    pub fn purge(&self, cred: &Credentials) -> usize {
+        if cred.is_empty() {
+            return 0;
+        }
+        let mut uids = Vec::new();
+        let mut removed = self.remove_where(|e| {
+            let hit = CacheKey { bytes: e.key.clone(), hash: 0 }.shares_credential(cred);
+            if hit {
+                uids.push(uid_of(&e.identity));
+            }
+            hit
+        });
+        uids.retain(|u| !u.is_empty());
+        if !uids.is_empty() {
+            removed += self.remove_where(|e| uids.contains(&uid_of(&e.identity)));
+        }
+        removed
+    }
+
+    fn remove_where(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
+        let mut removed = 0;
+        for shard in self.shards.iter() {
+            let Ok(mut shard) = shard.lock() else { continue };
+            let doomed: Vec<u64> = shard.iter().filter(|(_, e)| pred(e)).map(|(k, _)| *k).collect();
+            for k in doomed {
+                shard.pop(&k);
+                removed += 1;
+            }
+        }
+        removed
+    }
+
+    /// Drops everything (config reload).
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            if let Ok(mut s) = shard.lock() {
+                s.clear();
+            }
+        }
+    }
+
+    /// Entries held (live or not yet noticed as expired).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().map_or(0, |s| s.len())).sum()
+    }
+
+    /// Whether the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn uid_of(identity: &Identity) -> Vec<u8> {
+    identity
+        .headers
+        .iter()
+        .find(|(n, _)| *n == super::headers::X_AUTHENTIK_UID)
+        .map(|(_, v)| v.as_bytes().to_vec())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::hash_map::RandomState;
+
+    fn parts(cookie: &str, auth: Option<&str>) -> http::request::Parts {
+        let mut b = http::Request::builder().header("cookie", cookie);
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn identity(user: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            headers: vec![
+                (super::super::headers::X_AUTHENTIK_USERNAME, HeaderValue::from_str(user).unwrap()),
+                (super::super::headers::X_AUTHENTIK_UID, HeaderValue::from_str(user).unwrap()),
+            ],
+            jwt_exp: None,
+        })
+    }
+
+    fn key(cookie: &str, host: &str, s: &RandomState) -> Option<CacheKey> {
+        let p = parts(cookie, None);
+        let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        CacheKey::new(1, &HeaderValue::from_str(host).unwrap(), &c, s)
+    }
+
+    #[test]
+    fn key_ignores_other_cookies_and_needs_a_credential() {
+        let s = RandomState::new();
+        let a = key("theme=dark; authentik_proxy_abcd1234=S1", "app", &s).unwrap();
+        let b = key("authentik_proxy_abcd1234=S1; lang=en", "app", &s).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, key("authentik_proxy_abcd1234=S2", "app", &s).unwrap());
+        assert_ne!(a, key("authentik_proxy_abcd1234=S1", "other", &s).unwrap());
+        assert!(key("theme=dark", "app", &s).is_none());
+    }
+
+    #[test]
+    fn hash_collision_is_a_miss_not_another_users_identity() {
+        let s = RandomState::new();
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let alice = key("authentik_proxy_a=alice", "app", &s).unwrap();
+        let mut mallory = key("authentik_proxy_a=mallory", "app", &s).unwrap();
+        mallory.hash = alice.hash; // force the collision
+        let now = Instant::now();
+        assert!(cache.insert(&alice, identity("alice"), now));
+        assert_eq!(cache.get(&mallory, now).0, Lookup::Miss);
+        assert_eq!(cache.get(&alice, now).0, Lookup::Hit);
+    }
+
+    #[test]
+    fn purge_removes_every_host_of_the_credential_and_the_user() {
+        let s = RandomState::new();
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let now = Instant::now();
+        let k1 = key("authentik_proxy_a=S1", "one", &s).unwrap();
+        let k2 = key("authentik_proxy_a=S1; authentik_proxy_b=T1", "two", &s).unwrap();
+        let k3 = key("authentik_proxy_b=T9", "three", &s).unwrap();
+        let other = key("authentik_proxy_a=S2", "one", &s).unwrap();
+        cache.insert(&k1, identity("alice"), now);
+        cache.insert(&k2, identity("alice"), now);
+        cache.insert(&k3, identity("alice"), now);
+        cache.insert(&other, identity("bob"), now);
+        let p = parts("authentik_proxy_a=S1", None);
+        let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        assert_eq!(cache.purge(&Credentials::of(&c)), 3);
+        assert_eq!(cache.get(&other, now).0, Lookup::Hit);
+        assert_eq!(cache.get(&k3, now).0, Lookup::Miss);
+    }
+
+    #[test]
+    fn capacity_evicts_least_recently_used() {
+        let s = RandomState::new();
+        let cache = Cache::new(SHARDS, Duration::from_secs(10)); // one entry per shard
+        let now = Instant::now();
+        for i in 0..200 {
+            let k = key(&format!("authentik_proxy_a={i}"), "app", &s).unwrap();
+            cache.insert(&k, identity("u"), now);
+        }
+        assert!(cache.len() <= SHARDS);
+    }
+
+    #[test]
+    fn expired_entries_are_reported_and_dropped() {
+        let s = RandomState::new();
+        let cache = Cache::new(10, Duration::from_secs(10));
+        let k = key("authentik_proxy_a=1", "app", &s).unwrap();
+        let now = Instant::now();
+        cache.insert(&k, identity("u"), now);
+        assert_eq!(cache.get(&k, now + Duration::from_secs(11)).0, Lookup::Expired);
+        assert_eq!(cache.get(&k, now).0, Lookup::Miss);
+    }
+
+    #[test]
+    fn jwt_exp_caps_ttl_and_expired_tokens_are_not_stored() {
+        let cache = Cache::new(10, Duration::from_secs(10));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let soon = Identity { headers: vec![], jwt_exp: Some(now + 3) };
+        let ttl = cache.ttl_for(&soon).unwrap();
+        assert!(ttl <= Duration::from_secs(3) && ttl >= Duration::from_secs(2));
+        let past = Identity { headers: vec![], jwt_exp: Some(now - 1) };
+        assert_eq!(cache.ttl_for(&past), None);
+        let far = Identity { headers: vec![], jwt_exp: Some(now + 3600) };
+        assert_eq!(cache.ttl_for(&far), Some(Duration::from_secs(10)));
+    }
+}

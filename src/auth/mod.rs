@@ -1,0 +1,269 @@
+//! The forward-auth pipeline: cache, then breaker, then outpost, then fallback, then headers.
+//!
+//! Every answer leaves through [`respond`], which guarantees security rule 2: every 2xx carries
+//! the full identity header set, empty where not applicable, so nothing a client sent can survive
+//! the caller's copy. Only [`Failure`]s that fall back may reach the emergency realm.
+
+pub mod cache;
+pub mod coalesce;
+pub mod fallback;
+pub mod headers;
+pub mod htpasswd;
+pub mod outpost;
+pub mod request;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant as StdInstant;
+
+use http::header::{HeaderValue, USER_AGENT};
+use http::request::Parts;
+use http::{Response, StatusCode};
+
+use self::cache::{CacheKey, Credentials};
+use self::coalesce::{Leader, Role};
+use self::fallback::Verdict;
+use self::headers::{IDENTITY, X_AUTHENTIK_USERNAME, X_AUTH_FALLBACK};
+use self::outpost::{Failure, Identity, Outcome, Relayed};
+use self::request::{has_outpost_signature, is_sign_out, Caller};
+use crate::app::{App, Runtime};
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::metrics::{Attempt, Decision, Endpoint, Lookup};
+
+/// What the pipeline produced: the response, its decision, and the outpost time if asked.
+#[derive(Debug)]
+pub struct Answer {
+    /// The response to send.
+    pub response: Response<Body>,
+    /// The decision, for metrics and the access log.
+    pub decision: Decision,
+    /// Time spent on the outpost exchange, when there was one.
+    pub outpost_seconds: Option<f64>,
+}
+
+/// Answers one forward-auth check.
+pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: IpAddr, tls: bool) -> Answer {
+    let rt = app.runtime();
+    let caller = Caller::new(parts, peer, &rt.config.server.trusted_proxies, tls);
+    let forwarded = forwarded_url(endpoint, &caller);
+    let signed = has_outpost_signature(forwarded.as_bytes());
+    if is_sign_out(forwarded.as_bytes()) {
+        rt.cache.purge(&Credentials::of(&caller));
+    }
+    let host = caller.host().unwrap_or(headers::EMPTY);
+    // Coalescing needs the key even with the cache off; signed URLs get neither.
+    let key = if signed {
+        None
+    } else {
+        CacheKey::new(rt.generation, &host, &caller, app.hasher())
+    };
+    if let Some(key) = key.as_ref().filter(|_| rt.cache.enabled()) {
+        let (lookup, identity) = rt.cache.get(key, tokio::time::Instant::now());
+        app.metrics.cache_lookup(lookup).inc();
+        if let (Lookup::Hit, Some(identity)) = (lookup, identity) {
+            return Answer {
+                response: allow_response(&identity, &[], &caller),
+                decision: Decision::AllowCached,
+                outpost_seconds: None,
+            };
+        }
+    }
+    if rt.breaker.is_open() {
+        return fallback(app, &rt, &caller, Failure::CircuitOpen, None).await;
+    }
+    let started = StdInstant::now();
+    let outcome = match key.as_ref().map(|k| app.inflight.join(k)) {
+        Some(Role::Waiter(slot)) => waited(app, &rt, endpoint, &caller, slot).await,
+        Some(Role::Leader(leader)) => led(app, &rt, endpoint, &caller, leader, key.as_ref()).await,
+        None => ask(app, &rt, endpoint, &caller).await,
+    };
+    let seconds = Some(started.elapsed().as_secs_f64());
+    match outcome {
+        Outcome::Allow(a) => Answer {
+            response: allow_response(&a.identity, &a.extra, &caller),
+            decision: Decision::Allow,
+            outpost_seconds: seconds,
+        },
+        Outcome::Anonymous(r) => Answer {
+            response: relay(&r),
+            decision: Decision::Anonymous,
+            outpost_seconds: seconds,
+        },
+        Outcome::Deny(r) => Answer { response: relay(&r), decision: Decision::Deny, outpost_seconds: seconds },
+        Outcome::Unavailable(f) => fallback(app, &rt, &caller, f, seconds).await,
+    }
+}
+
+/// The URL of the protected request as the outpost will read it, for the signature checks.
+fn forwarded_url(endpoint: Endpoint, caller: &Caller<'_>) -> HeaderValue {
+    match endpoint {
+        Endpoint::Nginx => caller.original_url().cloned().unwrap_or_else(|| caller.uri()),
+        Endpoint::Envoy => caller
+            .parts
+            .uri
+            .path_and_query()
+            .and_then(|p| HeaderValue::from_str(p.as_str()).ok())
+            .unwrap_or(headers::EMPTY),
+        _ => caller.uri(),
+    }
+}
+
+/// Asks the outpost once and feeds the breaker.
+async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -> Outcome {
+    let req = outpost::build_request(&rt.client, endpoint, caller);
+    let started = StdInstant::now();
+    let outcome = outpost::exchange(&rt.client, req, rt.client.timeout()).await;
+    app.metrics.outpost_duration.observe(started.elapsed().as_secs_f64());
+    match &outcome {
+        Outcome::Unavailable(f) => {
+            let status = match f {
+                Failure::Status(s) => Some(*s),
+                _ => None,
+            };
+            app.metrics.outpost_response(status);
+            tracing::warn!(endpoint = endpoint.as_str(), reason = f.as_str(), "outpost unavailable");
+            let t = rt.breaker.record_failure(*f == Failure::Refused);
+            app.breaker_transition(t, f.as_str());
+        }
+        Outcome::Allow(_) => {
+            app.metrics.outpost_response(Some(200));
+            rt.breaker.record_success();
+        }
+        Outcome::Anonymous(r) | Outcome::Deny(r) => {
+            app.metrics.outpost_response(Some(r.status.as_u16()));
+            rt.breaker.record_success();
+        }
+    }
+    outcome
+}
+
+/// The leader of a coalesced miss: ask, store an authenticated allow, publish to the waiters.
+async fn led(
+    app: &App,
+    rt: &Runtime,
+    endpoint: Endpoint,
+    caller: &Caller<'_>,
+    leader: Leader<'_>,
+    key: Option<&CacheKey>,
+) -> Outcome {
+    let outcome = ask(app, rt, endpoint, caller).await;
+    if let (Outcome::Allow(a), Some(key)) = (&outcome, key) {
+        if rt.cache.enabled() && rt.cache.insert(key, a.identity.clone(), tokio::time::Instant::now()) {
+            app.metrics.cache_entries.set(rt.cache.len() as i64);
+        }
+    }
+    leader.publish(&outcome);
+    outcome
+}
+
+/// A waiter of a coalesced miss: share the leader's outcome when it is path-independent.
+async fn waited(
+    app: &App,
+    rt: &Runtime,
+    endpoint: Endpoint,
+    caller: &Caller<'_>,
+    slot: tokio::sync::watch::Receiver<Option<Outcome>>,
+) -> Outcome {
+    app.metrics.coalesced.inc();
+    let shared = tokio::time::timeout(rt.client.timeout(), coalesce::wait(slot)).await;
+    match shared {
+        // An anonymous allow depends on the path (a skip path): never share it across paths.
+        Ok(Some(Outcome::Anonymous(_))) => ask(app, rt, endpoint, caller).await,
+        Ok(Some(outcome)) => outcome,
+        // The leader vanished or took too long: ask for ourselves.
+        _ => ask(app, rt, endpoint, caller).await,
+    }
+}
+
+/// The outpost could not answer: the emergency realm, or fail closed.
+async fn fallback(
+    app: &App,
+    rt: &Runtime,
+    caller: &Caller<'_>,
+    failure: Failure,
+    outpost_seconds: Option<f64>,
+) -> Answer {
+    let realm = match (&rt.realm, failure.falls_back()) {
+        (Some(realm), true) => realm,
+        _ => {
+            let err = if failure.falls_back() {
+                ProxyError::OutpostUnavailable(failure)
+            } else {
+                ProxyError::OutpostProtocol
+            };
+            return Answer { response: err.response(), decision: Decision::Error, outpost_seconds };
+        }
+    };
+    let client = caller.client_ip(&rt.config.server.trusted_proxies);
+    let (response, decision, attempt) = match realm.check(caller.authorization(), client).await {
+        Verdict::Allow { user } => (fallback_allow(&user), Decision::FallbackAllow, Attempt::Ok),
+        Verdict::Deny => (
+            fallback_deny(&rt.config.fallback.realm),
+            Decision::FallbackDeny,
+            Attempt::BadCredentials,
+        ),
+        Verdict::Limited { retry_after } => (
+            ProxyError::FallbackLimited(retry_after).response(),
+            Decision::FallbackLimited,
+            Attempt::Limited,
+        ),
+    };
+    app.metrics.fallback_attempt(attempt).inc();
+    Answer { response, decision, outpost_seconds }
+}
+
+/// 200 with the identity (fresh or cached), this answer's extras, and the caller's User-Agent.
+fn allow_response(identity: &Identity, extra: &[(http::HeaderName, HeaderValue)], caller: &Caller<'_>) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    let h = resp.headers_mut();
+    h.reserve(identity.headers.len() + extra.len() + 2);
+    for (name, value) in &identity.headers {
+        h.append(name.clone(), value.clone());
+    }
+    for (name, value) in extra {
+        h.append(name.clone(), value.clone());
+    }
+    if let Some(ua) = caller.user_agent() {
+        h.insert(USER_AGENT, ua.clone());
+    }
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+/// An outpost answer relayed as is: status, every header (every `Set-Cookie`), body.
+fn relay(r: &Relayed) -> Response<Body> {
+    let mut resp = Response::new(if r.body.is_empty() { Body::Empty } else { Body::full(r.body.clone()) });
+    *resp.status_mut() = r.status;
+    *resp.headers_mut() = r.headers.clone();
+    resp
+}
+
+/// 200 from the emergency realm: the user, eleven empty identity headers, the marker.
+fn fallback_allow(user: &Arc<str>) -> Response<Body> {
+    let mut resp = Response::new(Body::Empty);
+    let h = resp.headers_mut();
+    for name in IDENTITY {
+        h.insert(name, headers::EMPTY);
+    }
+    if let Ok(v) = HeaderValue::from_str(user) {
+        h.insert(X_AUTHENTIK_USERNAME, v);
+    }
+    h.insert(X_AUTH_FALLBACK, headers::TRUE);
+    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
+/// 401 with the Basic challenge (RFC 7617 section 2).
+fn fallback_deny(realm: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::full("401 Authorization Required\n"));
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    let h = resp.headers_mut();
+    let challenge = format!("Basic realm=\"{realm}\"");
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        h.insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    h.insert(X_AUTH_FALLBACK, headers::TRUE);
+    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}

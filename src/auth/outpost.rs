@@ -1,0 +1,375 @@
+//! One forward-auth exchange with the outpost: the request exactly as Traefik would send it, and
+//! the answer sorted into an [`Outcome`].
+//!
+//! Invariants: the request is a `GET` with no body whatever the caller sent (security rule 5);
+//! only the headers the outpost reads travel; the answer's body is read to its end within
+//! `outpost.timeout` and a bound, or the exchange is abandoned and its connection dropped, so a
+//! half-read response never goes back into the pool.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE, HOST, USER_AGENT};
+use http::uri::PathAndQuery;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Limited};
+
+use super::headers::{
+    self, IDENTITY, X_AUTHENTIK_JWT, X_AUTHENTIK_USERNAME, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_METHOD, X_FORWARDED_PROTO, X_FORWARDED_URI, X_ORIGINAL_URL,
+};
+use super::request::Caller;
+use crate::body::Body;
+use crate::metrics::Endpoint;
+use crate::upstream::client::{ClientError, OutpostClient};
+
+/// Largest outpost body read on the auth leg (a 302 page or an error JSON is a few hundred bytes).
+pub const AUTH_BODY_LIMIT: usize = 256 * 1024;
+
+/// The identity an authenticated allow carries: what the cache stores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Identity {
+    /// The twelve `X-authentik-*` headers (empty values kept), then `Authorization` and any custom
+    /// headers the outpost added. Never `Set-Cookie`, `Location` or `User-Agent`.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `exp` of `X-authentik-jwt`, seconds since the Unix epoch, when present and readable.
+    pub jwt_exp: Option<u64>,
+}
+
+/// An outpost answer relayed as is (deny, redirect, anonymous allow).
+#[derive(Debug, Clone)]
+pub struct Relayed {
+    /// Status code.
+    pub status: StatusCode,
+    /// Headers, hop-by-hop and framing removed.
+    pub headers: HeaderMap,
+    /// The whole body.
+    pub body: Bytes,
+}
+
+/// An authenticated allow.
+#[derive(Debug, Clone)]
+pub struct Allowed {
+    /// The cacheable part.
+    pub identity: Arc<Identity>,
+    /// Headers for this answer only (`Set-Cookie` after header auth, `X-Powered-By`).
+    pub extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// Why the outpost is judged unavailable for this request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Connection refused: trips the breaker at once.
+    Refused,
+    /// Other connect error.
+    Connect,
+    /// Connection broke mid-exchange.
+    Exchange,
+    /// `outpost.timeout` passed.
+    Timeout,
+    /// 502, 503 or 504 from the outpost.
+    Status(u16),
+    /// The breaker is open: the outpost was not asked.
+    CircuitOpen,
+    /// The answer broke the protocol (oversized body): fail closed, never fall back.
+    Protocol,
+}
+
+impl Failure {
+    /// Whether this failure may be answered by the emergency realm (DESIGN.md section 1).
+    pub fn falls_back(self) -> bool {
+        !matches!(self, Failure::Protocol)
+    }
+
+    /// A short reason for logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Refused => "connection refused",
+            Failure::Connect => "connect error",
+            Failure::Exchange => "connection broken",
+            Failure::Timeout => "timeout",
+            Failure::Status(_) => "bad gateway status",
+            Failure::CircuitOpen => "circuit open",
+            Failure::Protocol => "protocol violation",
+        }
+    }
+}
+
+/// What one forward-auth exchange decided.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// 2xx with a non-empty `X-authentik-username`.
+    Allow(Arc<Allowed>),
+    /// 2xx without identity (a skip path): path-specific, never cached.
+    Anonymous(Arc<Relayed>),
+    /// Any other answer (3xx, 4xx, 500): relayed as is.
+    Deny(Arc<Relayed>),
+    /// No usable answer.
+    Unavailable(Failure),
+}
+
+/// The fixed outpost path for an endpoint; Envoy keeps the caller's own path (its original path
+/// rides behind the prefix).
+pub fn auth_path(endpoint: Endpoint, caller: &Caller<'_>) -> PathAndQuery {
+    match endpoint {
+        Endpoint::Nginx => PathAndQuery::from_static("/outpost.goauthentik.io/auth/nginx"),
+        Endpoint::Caddy => PathAndQuery::from_static("/outpost.goauthentik.io/auth/caddy"),
+        Endpoint::Envoy => caller
+            .parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or(PathAndQuery::from_static("/outpost.goauthentik.io/auth/envoy")),
+        _ => PathAndQuery::from_static("/outpost.goauthentik.io/auth/traefik"),
+    }
+}
+
+/// Builds the request the outpost sees: `GET`, no body, only what the outpost reads.
+pub fn build_request(
+    client: &OutpostClient,
+    endpoint: Endpoint,
+    caller: &Caller<'_>,
+) -> Request<Body> {
+    let mut req = Request::new(Body::Empty);
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = client.uri(auth_path(endpoint, caller));
+    let h = req.headers_mut();
+    h.reserve(10);
+    if let Some(host) = caller.host() {
+        h.insert(HOST, host.clone());
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    h.insert(X_FORWARDED_PROTO, caller.proto());
+    h.insert(X_FORWARDED_URI, caller.uri());
+    h.insert(X_FORWARDED_METHOD, caller.method());
+    h.insert(X_FORWARDED_FOR, caller.forwarded_for());
+    if endpoint == Endpoint::Nginx {
+        if let Some(url) = caller.original_url() {
+            h.insert(X_ORIGINAL_URL, url.clone());
+        }
+    }
+    if let Some(cookie) = joined_cookies(caller) {
+        h.insert(COOKIE, cookie);
+    }
+    if let Some(auth) = caller.authorization() {
+        h.insert(AUTHORIZATION, auth.clone());
+    }
+    if let Some(ua) = caller.user_agent() {
+        h.insert(USER_AGENT, ua.clone());
+    }
+    req
+}
+
+/// One `Cookie` header (RFC 6265 section 5.4: a single header on HTTP/1.1), joining the pieces
+/// HTTP/2 clients split.
+fn joined_cookies(caller: &Caller<'_>) -> Option<HeaderValue> {
+    let mut all = caller.cookies().iter();
+    let first = all.next()?;
+    let Some(second) = all.next() else {
+        return Some(first.clone());
+    };
+    let mut buf = Vec::with_capacity(first.len() + second.len() + 64);
+    for v in std::iter::once(first).chain(std::iter::once(second)).chain(all) {
+        if !buf.is_empty() {
+            buf.extend_from_slice(b"; ");
+        }
+        buf.extend_from_slice(v.as_bytes());
+    }
+    HeaderValue::from_bytes(&buf).ok()
+}
+
+/// Sends `req` and sorts the answer, all within `timeout`.
+pub async fn exchange(client: &OutpostClient, req: Request<Body>, timeout: Duration) -> Outcome {
+    match tokio::time::timeout(timeout, send_and_read(client, req)).await {
+        Ok(outcome) => outcome,
+        Err(_) => Outcome::Unavailable(Failure::Timeout),
+    }
+}
+
+async fn send_and_read(client: &OutpostClient, req: Request<Body>) -> Outcome {
+    let resp = match client.send(req).await {
+        Ok(resp) => resp,
+        Err(ClientError::Refused(_)) => return Outcome::Unavailable(Failure::Refused),
+        Err(ClientError::Connect(_)) => return Outcome::Unavailable(Failure::Connect),
+        Err(_) => return Outcome::Unavailable(Failure::Exchange),
+    };
+    let (parts, body) = resp.into_parts();
+    // Read to the end (or give up and drop the connection) before deciding anything, so the
+    // pooled connection is clean (security rule 5).
+    let body = match Limited::new(body, AUTH_BODY_LIMIT).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Outcome::Unavailable(Failure::Protocol)
+        }
+        Err(_) => return Outcome::Unavailable(Failure::Exchange),
+    };
+    classify(parts.status, parts.headers, body)
+}
+
+/// Sorts an outpost answer (DESIGN.md section 1).
+pub fn classify(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Outcome {
+    headers::strip_hop_by_hop(&mut headers);
+    headers.remove(http::header::CONTENT_LENGTH);
+    match status.as_u16() {
+        502..=504 => Outcome::Unavailable(Failure::Status(status.as_u16())),
+        200..=299 => {
+            let named = headers
+                .get(&X_AUTHENTIK_USERNAME)
+                .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
+            if named {
+                Outcome::Allow(Arc::new(allowed(headers)))
+            } else {
+                for name in IDENTITY {
+                    headers.insert(name, headers::EMPTY);
+                }
+                headers.retain_family_canonical();
+                Outcome::Anonymous(Arc::new(Relayed { status, headers, body }))
+            }
+        }
+        _ => Outcome::Deny(Arc::new(Relayed { status, headers, body })),
+    }
+}
+
+/// Splits a 2xx answer into the cacheable identity and the per-answer extras.
+fn allowed(mut headers: HeaderMap) -> Allowed {
+    let mut identity = Vec::with_capacity(IDENTITY.len() + 2);
+    for name in IDENTITY {
+        let value = headers.remove(&name).unwrap_or(headers::EMPTY);
+        identity.push((name, value));
+    }
+    let jwt_exp = identity
+        .iter()
+        .find(|(n, _)| *n == X_AUTHENTIK_JWT)
+        .and_then(|(_, v)| jwt_exp(v.as_bytes()));
+    let mut extra = Vec::new();
+    let mut last: Option<HeaderName> = None;
+    for (name, value) in headers {
+        let name = match name {
+            Some(n) => {
+                last = Some(n.clone());
+                n
+            }
+            None => match &last {
+                Some(n) => n.clone(),
+                None => continue,
+            },
+        };
+        match sort_extra(&name) {
+            ExtraKind::Identity => identity.push((name, value)),
+            ExtraKind::ThisAnswer => extra.push((name, value)),
+            ExtraKind::Drop => {}
+        }
+    }
+    Allowed { identity: Arc::new(Identity { headers: identity, jwt_exp }), extra }
+}
+
+enum ExtraKind {
+    Identity,
+    ThisAnswer,
+    Drop,
+}
+
+fn sort_extra(name: &HeaderName) -> ExtraKind {
+    let s = name.as_str();
+    if headers::is_authentik_family(s) && !s.starts_with("x-authentik-") {
+        // The outpost drops underscore spellings itself (2025.10); so do we.
+        return ExtraKind::Drop;
+    }
+    match s {
+        "set-cookie" | "x-powered-by" | "vary" => ExtraKind::ThisAnswer,
+        "user-agent" | "location" | "date" | "server" | "content-type" | "content-encoding"
+        | "x-content-type-options" => ExtraKind::Drop,
+        _ => ExtraKind::Identity,
+    }
+}
+
+/// Reads `exp` from a JWT's payload without verifying it (the outpost already did).
+pub fn jwt_exp(token: &[u8]) -> Option<u64> {
+    use base64::Engine;
+    let mut parts = token.split(|&b| b == b'.');
+    let _header = parts.next()?;
+    let payload = parts.next()?;
+    parts.next()?;
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<f64>,
+    }
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    claims.exp.filter(|e| e.is_finite() && *e >= 0.0).map(|e| e as u64)
+}
+
+/// Removing non-canonical identity spellings from a relayed header map.
+trait RetainFamily {
+    fn retain_family_canonical(&mut self);
+}
+
+impl RetainFamily for HeaderMap {
+    fn retain_family_canonical(&mut self) {
+        let odd: Vec<HeaderName> = self
+            .keys()
+            .filter(|n| headers::is_authentik_family(n.as_str()) && !n.as_str().starts_with("x-authentik-"))
+            .cloned()
+            .collect();
+        for n in odd {
+            self.remove(n);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bad_gateway_statuses_are_unavailable_but_500_is_an_answer() {
+        for code in [502, 503, 504] {
+            let o = classify(StatusCode::from_u16(code).unwrap(), HeaderMap::new(), Bytes::new());
+            assert!(matches!(o, Outcome::Unavailable(Failure::Status(c)) if c == code));
+        }
+        for code in [302, 400, 401, 403, 404, 500] {
+            let o = classify(StatusCode::from_u16(code).unwrap(), HeaderMap::new(), Bytes::new());
+            assert!(matches!(o, Outcome::Deny(_)), "{code}");
+        }
+    }
+
+    #[test]
+    fn allow_needs_a_username_and_fills_all_twelve() {
+        let o = classify(
+            StatusCode::OK,
+            map(&[("x-authentik-username", "alice"), ("set-cookie", "a=b"), ("x-custom", "1")]),
+            Bytes::new(),
+        );
+        let Outcome::Allow(a) = o else { panic!("not an allow") };
+        let names: Vec<&str> = a.identity.headers.iter().map(|(n, _)| n.as_str()).collect();
+        for name in IDENTITY {
+            assert!(names.contains(&name.as_str()), "{name}");
+        }
+        assert!(names.contains(&"x-custom"));
+        assert!(!names.contains(&"set-cookie"));
+        assert_eq!(a.extra.len(), 1);
+        let anon = classify(StatusCode::OK, map(&[("x-authentik-username", "")]), Bytes::new());
+        assert!(matches!(anon, Outcome::Anonymous(_)));
+    }
+
+    #[test]
+    fn jwt_exp_is_read_without_verification() {
+        use base64::Engine;
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1900000000,"sub":"x"}"#);
+        let token = format!("e30.{payload}.sig");
+        assert_eq!(jwt_exp(token.as_bytes()), Some(1_900_000_000));
+        assert_eq!(jwt_exp(b"not-a-jwt"), None);
+        assert_eq!(jwt_exp(b"a.!!!.c"), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! The caller's request as the forward-auth pipeline sees it: who is asking, and what they are
+//! allowed to tell us.
+//!
+//! Invariant: `X-Forwarded-*` and `X-Original-URL` are read only from a peer inside
+//! `server.trusted_proxies`; for anyone else they are rebuilt from the connection itself
+//! (DESIGN.md section 2, security rule 3).
+
+use std::net::IpAddr;
+
+use http::header::{HeaderValue, AUTHORIZATION, COOKIE, HOST, USER_AGENT};
+use http::request::Parts;
+use ipnet::IpNet;
+
+use super::headers::{
+    X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_PROTO, X_FORWARDED_URI,
+    X_ORIGINAL_URL,
+};
+
+const HTTP: HeaderValue = HeaderValue::from_static("http");
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+/// The prefix of every outpost cookie (authentik `application.go` `NewApplication`).
+pub const SESSION_COOKIE_PREFIX: &str = "authentik_proxy_";
+
+/// One request from a forward-auth caller, with the trust decision made once.
+#[derive(Debug)]
+pub struct Caller<'a> {
+    /// The request head.
+    pub parts: &'a Parts,
+    /// The TCP peer.
+    pub peer: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub trusted: bool,
+    /// Whether the connection to us is TLS.
+    pub tls: bool,
+}
+
+impl<'a> Caller<'a> {
+    /// Wraps a request head, deciding trust from the peer address.
+    pub fn new(parts: &'a Parts, peer: IpAddr, trusted_proxies: &[IpNet], tls: bool) -> Self {
+        let trusted = is_trusted(peer, trusted_proxies);
+        Caller { parts, peer, trusted, tls }
+    }
+
+    fn header(&self, name: &http::HeaderName) -> Option<&'a HeaderValue> {
+        self.parts.headers.get(name)
+    }
+
+    fn trusted_header(&self, name: &http::HeaderName) -> Option<&'a HeaderValue> {
+        if self.trusted {
+            self.header(name).filter(|v| !v.is_empty())
+        } else {
+            None
+        }
+    }
+
+    /// The host the protected request was for: a trusted `X-Forwarded-Host`, else `Host`
+    /// (or the HTTP/2 authority).
+    pub fn host(&self) -> Option<HeaderValue> {
+        if let Some(v) = self.trusted_header(&X_FORWARDED_HOST) {
+            return Some(v.clone());
+        }
+        if let Some(v) = self.header(&HOST) {
+            return Some(v.clone());
+        }
+        let authority = self.parts.uri.authority()?;
+        HeaderValue::from_str(authority.as_str()).ok()
+    }
+
+    /// The scheme of the protected request.
+    pub fn proto(&self) -> HeaderValue {
+        match self.trusted_header(&X_FORWARDED_PROTO) {
+            Some(v) => v.clone(),
+            None if self.tls => HTTPS,
+            None => HTTP,
+        }
+    }
+
+    /// Path and query of the protected request.
+    pub fn uri(&self) -> HeaderValue {
+        if let Some(v) = self.trusted_header(&X_FORWARDED_URI) {
+            return v.clone();
+        }
+        let pq = self.parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        HeaderValue::from_str(pq).unwrap_or(HeaderValue::from_static("/"))
+    }
+
+    /// Method of the protected request.
+    pub fn method(&self) -> HeaderValue {
+        if let Some(v) = self.trusted_header(&X_FORWARDED_METHOD) {
+            return v.clone();
+        }
+        HeaderValue::from_str(self.parts.method.as_str()).unwrap_or(HeaderValue::from_static("GET"))
+    }
+
+    /// `X-Forwarded-For` towards the outpost: a trusted chain as sent, else the peer.
+    pub fn forwarded_for(&self) -> HeaderValue {
+        if let Some(v) = self.trusted_header(&X_FORWARDED_FOR) {
+            return v.clone();
+        }
+        ip_header(self.peer)
+    }
+
+    /// `X-Original-URL` from a trusted nginx; `None` for anyone else.
+    pub fn original_url(&self) -> Option<&'a HeaderValue> {
+        self.trusted_header(&X_ORIGINAL_URL)
+    }
+
+    /// The client address for rate limiting: the right-most untrusted address of a trusted
+    /// `X-Forwarded-For` chain, else the peer.
+    pub fn client_ip(&self, trusted_proxies: &[IpNet]) -> IpAddr {
+        let Some(chain) = self.trusted_header(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+        else {
+            return self.peer;
+        };
+        let mut last = self.peer;
+        for hop in chain.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) if is_trusted(ip, trusted_proxies) => last = ip,
+                Ok(ip) => return ip,
+                Err(_) => return last,
+            }
+        }
+        last
+    }
+
+    /// Every `Cookie` header value (HTTP/2 may split them).
+    pub fn cookies(&self) -> http::header::GetAll<'a, HeaderValue> {
+        self.parts.headers.get_all(COOKIE)
+    }
+
+    /// `Authorization`, if any.
+    pub fn authorization(&self) -> Option<&'a HeaderValue> {
+        self.header(&AUTHORIZATION)
+    }
+
+    /// `User-Agent`, if any.
+    pub fn user_agent(&self) -> Option<&'a HeaderValue> {
+        self.header(&USER_AGENT)
+    }
+}
+
+/// Whether `ip` lies in one of `nets` (IPv4-mapped IPv6 peers count as IPv4).
+pub fn is_trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    nets.iter().any(|n| n.contains(&ip))
+}
+
+fn ip_header(ip: IpAddr) -> HeaderValue {
+    let ip = match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+/// Whether a forwarded URL carries the outpost's callback or logout signature
+/// (`X-authentik-auth-callback=` / `X-authentik-logout=` in the query, any case, percent-encoded
+/// or not). Such requests complete a login or logout inside the auth call: never cached.
+pub fn has_outpost_signature(url: &[u8]) -> bool {
+    let Some(q) = url.iter().position(|&b| b == b'?') else {
+        return false;
+    };
+    let decoded = percent_decode_lower(&url[q + 1..]);
+    contains(&decoded, b"x-authentik-auth-callback") || contains(&decoded, b"x-authentik-logout")
+}
+
+/// Whether a forwarded URL is a sign-out (path `/outpost.goauthentik.io/sign_out` or the logout
+/// signature).
+pub fn is_sign_out(url: &[u8]) -> bool {
+    let decoded = percent_decode_lower(url);
+    contains(&decoded, b"/outpost.goauthentik.io/sign_out") || contains(&decoded, b"x-authentik-logout")
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Lower-cased, percent-decoded copy (`+` left as is; a bad escape is kept verbatim).
+fn percent_decode_lower(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        let b = input[i];
+        if b == b'%' && i + 2 < input.len() {
+            let hex = std::str::from_utf8(&input[i + 1..i + 3]).ok();
+            if let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(v.to_ascii_lowercase());
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b.to_ascii_lowercase());
+        i += 1;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts(headers: &[(&str, &str)]) -> Parts {
+        let mut b = http::Request::builder().uri("/outpost.goauthentik.io/auth/traefik");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn untrusted_peer_cannot_set_forwarded_headers() {
+        let p = parts(&[
+            ("host", "app.example"),
+            ("x-forwarded-host", "admin.example"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-uri", "/public"),
+            ("x-forwarded-for", "1.2.3.4"),
+        ]);
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let c = Caller::new(&p, "192.168.1.5".parse().unwrap(), &nets, false);
+        assert_eq!(c.host().unwrap(), "app.example");
+        assert_eq!(c.proto(), "http");
+        assert_eq!(c.uri(), "/outpost.goauthentik.io/auth/traefik");
+        assert_eq!(c.forwarded_for(), "192.168.1.5");
+        let t = Caller::new(&p, "10.1.2.3".parse().unwrap(), &nets, false);
+        assert_eq!(t.host().unwrap(), "admin.example");
+        assert_eq!(t.proto(), "https");
+        assert_eq!(t.uri(), "/public");
+        assert_eq!(t.forwarded_for(), "1.2.3.4");
+    }
+
+    #[test]
+    fn client_ip_is_rightmost_untrusted_hop() {
+        let p = parts(&[("x-forwarded-for", "203.0.113.9, 198.51.100.7, 10.0.0.3")]);
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
+        assert_eq!(c.client_ip(&nets), "198.51.100.7".parse::<IpAddr>().unwrap());
+        let u = Caller::new(&p, "192.0.2.1".parse().unwrap(), &nets, false);
+        assert_eq!(u.client_ip(&nets), "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn signatures_are_found_in_any_spelling() {
+        assert!(has_outpost_signature(b"/x?X-authentik-auth-callback=true&code=1"));
+        assert!(has_outpost_signature(b"/x?a=1&x-AUTHENTIK-logout=true"));
+        assert!(has_outpost_signature(b"/x?X%2Dauthentik%2Dlogout=true"));
+        assert!(!has_outpost_signature(b"/X-authentik-logout/page"));
+        assert!(!has_outpost_signature(b"/app?q=1"));
+        assert!(is_sign_out(b"/outpost.goauthentik.io/sign_out"));
+    }
+}

@@ -1,0 +1,93 @@
+//! What the binary's subcommands do, kept in the library so `main.rs` stays a thin shell and
+//! tests can drive the same code.
+
+use std::io::{BufRead, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use tracing_subscriber::EnvFilter;
+
+use crate::app::App;
+use crate::auth::fallback::Realm;
+use crate::config::{Config, LogConfig, LogFormat};
+use crate::metrics::Metrics;
+use crate::server::{self, Listeners};
+
+/// Checks the files a config names (the htpasswd file) the way `serve` would load them.
+pub fn check_files(config: &Config) -> Result<(), String> {
+    if !config.fallback.enabled {
+        return Ok(());
+    }
+    Realm::load(&config.fallback)
+        .map(|_| ())
+        .map_err(|err| format!("{}: fallback.htpasswd_file: {err}", config.fallback.htpasswd_file.display()))
+}
+
+/// Installs the tracing subscriber from `[log]`.
+pub fn init_logging(log: &LogConfig) {
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = match log.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// A multi-threaded Tokio runtime with `workers` threads (0: one per available CPU).
+pub fn tokio_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if workers > 0 {
+        b.worker_threads(workers);
+    }
+    b.enable_all().build()
+}
+
+/// `portcullis serve`: bind, build the app, watch for reloads, serve until SIGTERM/SIGINT.
+pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
+        .await
+        .map_err(|e| format!("cannot bind {} / {}: {e}", config.server.listen, config.server.admin_listen))?;
+    tracing::info!(
+        listen = %config.server.listen,
+        admin = %config.server.admin_listen,
+        outpost = %config.outpost.url,
+        "portcullis serving"
+    );
+    let app = App::new(config, Metrics::new())?;
+    crate::reload::spawn(app.clone(), path);
+    server::run(app, listeners, crate::signal::shutdown()).await;
+    tracing::info!("bye");
+    Ok(())
+}
+
+/// `portcullis hash-password USER`: reads a password from stdin (one line) and prints `USER:HASH`.
+pub fn hash_password(user: &str) -> ExitCode {
+    if user.is_empty() || user.contains(':') {
+        eprintln!("user name must be non-empty and must not contain ':'");
+        return ExitCode::from(64);
+    }
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprint!("password for {user}: ");
+    }
+    let mut line = String::new();
+    if let Err(err) = stdin.lock().read_line(&mut line) {
+        eprintln!("cannot read the password: {err}");
+        return ExitCode::FAILURE;
+    }
+    let password = line.trim_end_matches(['\r', '\n']);
+    if password.is_empty() {
+        eprintln!("empty password refused");
+        return ExitCode::from(64);
+    }
+    match crate::auth::htpasswd::hash_password(password) {
+        Ok(hash) => {
+            println!("{user}:{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("cannot hash: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,381 @@
+//! Configuration: the TOML file of DESIGN.md section 6, parsed and validated.
+//!
+//! `Config` is the typed, validated form every other module reads. Parsing reports every
+//! problem at once, each as `FILE:LINE: KEY: problem`, and a file with any problem is refused
+//! whole (exit code 64 from the binary). Secrets never live in this file: only paths to them.
+//!
+//! The file is parsed with `toml_edit` keeping byte spans, then walked by hand section by section
+//! (`sections`, over the typed getters of `reader`), so every problem carries the line of the key
+//! or value at fault and one run reports all of them. Every key is optional except `outpost.url`;
+//! an absent key takes the default const below, whose doc says why it is that value.
+
+mod reader;
+mod sections;
+
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use toml_edit::{ImDocument, Table, TableLike};
+
+use reader::{Problems, Section};
+
+/// Default main listener: where the nginx auth-proxy listened, so Traefik middlewares keep working.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9000";
+/// Default admin listener: loopback only, metrics and probes are not for the world.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// [`DEFAULT_LISTEN`] as an address (a test keeps the two equal).
+pub const DEFAULT_LISTEN_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 9000));
+/// [`DEFAULT_ADMIN_LISTEN`] as an address (a test keeps the two equal).
+pub const DEFAULT_ADMIN_LISTEN_ADDR: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9090));
+/// Outpost URL used by `Config::default()` only: a file must name its outpost (`outpost.url` is
+/// required), this is the outpost's own default listener on the same host.
+pub const DEFAULT_OUTPOST_URL: &str = "http://127.0.0.1:9000";
+/// 512 KiB of request head: 30+ `authentik_proxy_*` cookies must fit (nginx used 8 x 64k buffers).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 512 * 1024;
+/// A client that has not sent its whole head in 10 s is dropped (nginx `client_header_timeout` is 60 s;
+/// forward-auth callers are proxies on a LAN, so far less is plenty).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time between `/readyz` turning 503 and accepting stopping, so load balancers move away first.
+pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
+/// Deadline for requests in flight at shutdown.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// The nginx tier's `proxy_connect_timeout 3s`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// The nginx tier's `proxy_read_timeout 5s`, here bounding the whole exchange.
+pub const DEFAULT_OUTPOST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle outpost connections kept. nginx's `keepalive 32` churned at 64 concurrent callers.
+pub const DEFAULT_POOL_MAX_IDLE: usize = 256;
+/// Below the outpost's 120 s idle timeout, so we never race its close.
+pub const DEFAULT_POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long a positive decision may answer from memory (the staleness bound of a revoked session).
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(10);
+/// Entries kept before LRU eviction.
+pub const DEFAULT_CACHE_CAPACITY: usize = 100_000;
+/// The nginx tier's realm name, so browsers' remembered credentials still apply.
+pub const DEFAULT_REALM: &str = "Emergency Access";
+/// Where the emergency htpasswd lives by default.
+pub const DEFAULT_HTPASSWD_FILE: &str = "/etc/portcullis/htpasswd";
+/// Consecutive outpost failures that open the circuit breaker.
+pub const DEFAULT_TRIP_AFTER: u32 = 3;
+/// How often the open breaker probes `/outpost.goauthentik.io/ping`.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How long a verified emergency credential is remembered (one bcrypt per credential per 5 min).
+pub const DEFAULT_VERIFIED_TTL: Duration = Duration::from_secs(300);
+/// Failed emergency logins per user (across addresses) before the user is limited.
+pub const DEFAULT_MAX_FAILURES_PER_USER: u32 = 5;
+/// Failed emergency logins per client address before the address is limited.
+pub const DEFAULT_MAX_FAILURES_PER_ADDRESS: u32 = 10;
+/// The window both failure limits count over.
+pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
+/// `info`: a line per regime change and per problem, not per request.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// JSON, for log shippers; `text` is for a terminal.
+pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Json;
+
+/// The sections a file may have, in the order DESIGN.md section 6 lists them.
+const SECTIONS: &[&str] = &["server", "outpost", "cache", "fallback", "log"];
+
+/// The whole validated configuration; `Default` is every default, with [`DEFAULT_OUTPOST_URL`].
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Config {
+    /// `[server]`
+    pub server: ServerConfig,
+    /// `[outpost]`
+    pub outpost: OutpostConfig,
+    /// `[cache]`
+    pub cache: CacheConfig,
+    /// `[fallback]`
+    pub fallback: FallbackConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[server]`: listeners, trust and limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    /// Main (forward-auth) listener.
+    pub listen: SocketAddr,
+    /// Admin listener: `/healthz`, `/readyz`, `/metrics`.
+    pub admin_listen: SocketAddr,
+    /// Peers whose `X-Forwarded-*` and `X-Original-URL` are believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest request head accepted; beyond it the answer is 431.
+    pub max_header_bytes: usize,
+    /// Time allowed for a client to send its request head.
+    pub header_read_timeout: Duration,
+    /// Delay between readiness turning 503 and accepting stopping.
+    pub shutdown_delay: Duration,
+    /// Deadline for in-flight requests at shutdown.
+    pub drain_timeout: Duration,
+    /// Async worker threads; 0 = one per CPU available to the process.
+    pub workers: usize,
+}
+
+/// `[outpost]`: where the authentik outpost is and how to talk to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutpostConfig {
+    /// Base URL, `http://host:port` (no path beyond `/`).
+    pub url: http::Uri,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Bound on the whole exchange, connect included.
+    pub timeout: Duration,
+    /// Idle keepalive connections kept.
+    pub pool_max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub pool_idle_timeout: Duration,
+}
+
+/// `[cache]`: the positive-decision cache.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheConfig {
+    /// Time to live of a positive decision; zero turns the cache off.
+    pub ttl: Duration,
+    /// Maximum entries.
+    pub capacity: usize,
+}
+
+/// `[fallback]`: the emergency Basic realm and the circuit breaker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackConfig {
+    /// `false`: an outpost outage answers 503.
+    pub enabled: bool,
+    /// Basic realm name.
+    pub realm: String,
+    /// htpasswd file path.
+    pub htpasswd_file: PathBuf,
+    /// Consecutive failures that open the breaker.
+    pub trip_after: u32,
+    /// Probe interval while the breaker is open.
+    pub probe_interval: Duration,
+    /// How long a verified credential is remembered.
+    pub verified_ttl: Duration,
+    /// Failed attempts per user before limiting.
+    pub max_failures_per_user: u32,
+    /// Failed attempts per client address before limiting.
+    pub max_failures_per_address: u32,
+    /// Window for both failure counts.
+    pub failure_window: Duration,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable text.
+    Text,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive, e.g. `info` or `portcullis=debug`.
+    pub level: String,
+    /// JSON or text.
+    pub format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: DEFAULT_LISTEN_ADDR,
+            admin_listen: DEFAULT_ADMIN_LISTEN_ADDR,
+            trusted_proxies: Vec::new(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            shutdown_delay: DEFAULT_SHUTDOWN_DELAY,
+            drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+            workers: 0,
+        }
+    }
+}
+
+impl Default for OutpostConfig {
+    fn default() -> Self {
+        OutpostConfig {
+            url: http::Uri::from_static(DEFAULT_OUTPOST_URL),
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            timeout: DEFAULT_OUTPOST_TIMEOUT,
+            pool_max_idle: DEFAULT_POOL_MAX_IDLE,
+            pool_idle_timeout: DEFAULT_POOL_IDLE_TIMEOUT,
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            ttl: DEFAULT_CACHE_TTL,
+            capacity: DEFAULT_CACHE_CAPACITY,
+        }
+    }
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            enabled: true,
+            realm: DEFAULT_REALM.to_owned(),
+            htpasswd_file: PathBuf::from(DEFAULT_HTPASSWD_FILE),
+            trip_after: DEFAULT_TRIP_AFTER,
+            probe_interval: DEFAULT_PROBE_INTERVAL,
+            verified_ttl: DEFAULT_VERIFIED_TTL,
+            max_failures_per_user: DEFAULT_MAX_FAILURES_PER_USER,
+            max_failures_per_address: DEFAULT_MAX_FAILURES_PER_ADDRESS,
+            failure_window: DEFAULT_FAILURE_WINDOW,
+        }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: DEFAULT_LOG_LEVEL.to_owned(),
+            format: DEFAULT_LOG_FORMAT,
+        }
+    }
+}
+
+/// One thing wrong with a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// 1-based line of the offending key or value (1 when there is none, e.g. a missing key).
+    pub line: usize,
+    /// Dotted key, e.g. `cache.ttl`; `toml` for a syntax error, `config` for an unreadable file.
+    pub key: String,
+    /// What is wrong, in words, e.g. `expected a duration like "10s"`.
+    pub problem: String,
+}
+
+/// Every problem of one file; displayed one line per problem as `FILE:LINE: KEY: problem`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The file as the user named it.
+    pub file: String,
+    /// Never empty, ordered by line.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl ConfigErrors {
+    /// Errors made of one problem.
+    pub fn single(
+        file: impl Into<String>,
+        line: usize,
+        key: impl Into<String>,
+        problem: impl Into<String>,
+    ) -> Self {
+        ConfigErrors {
+            file: file.into(),
+            problems: vec![ConfigProblem {
+                line,
+                key: key.into(),
+                problem: problem.into(),
+            }],
+        }
+    }
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{}:{}: {}: {}", self.file, p.line, p.key, p.problem)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Parses and validates `text`; `file` only names the source in problems.
+    pub fn from_toml(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+        let doc = ImDocument::parse(text).map_err(|e| syntax_error(text, file, &e))?;
+        let mut p = Problems::new(text);
+        let root = doc.as_table();
+        reject_unknown_sections(root, &mut p);
+        let config = Config {
+            server: sections::server(&section(root, &p, "server"), &mut p),
+            outpost: sections::outpost(&section(root, &p, "outpost"), &mut p),
+            cache: sections::cache(&section(root, &p, "cache"), &mut p),
+            fallback: sections::fallback(&section(root, &p, "fallback"), &mut p),
+            log: sections::log(&section(root, &p, "log"), &mut p),
+        };
+        let problems = p.into_sorted();
+        if problems.is_empty() {
+            return Ok(config);
+        }
+        Err(ConfigErrors {
+            file: file.to_owned(),
+            problems,
+        })
+    }
+
+    /// Reads and validates the file at `path`; an unreadable file is one problem, key `config`.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        let file = path.display().to_string();
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_toml(&text, &file),
+            Err(e) => Err(ConfigErrors::single(
+                file,
+                1,
+                "config",
+                format!("cannot read file: {e}"),
+            )),
+        }
+    }
+}
+
+/// A TOML syntax error as one problem on its line; the message keeps to one line.
+fn syntax_error(text: &str, file: &str, e: &toml_edit::TomlError) -> ConfigErrors {
+    let line = Problems::new(text).line_at(e.span()).unwrap_or(1);
+    let message = e.message().trim().replace('\n', "; ");
+    ConfigErrors::single(file, line, "toml", message)
+}
+
+/// Top-level entries that are not one of [`SECTIONS`], and sections that are not tables.
+fn reject_unknown_sections(root: &Table, p: &mut Problems<'_>) {
+    for (name, item) in root.iter() {
+        let span = root
+            .key(name)
+            .and_then(|k| k.span())
+            .or_else(|| item.span());
+        let line = p.line_at(span).unwrap_or(1);
+        let problem = if name == "edge" {
+            "edge mode is not supported by this version".to_owned()
+        } else if !SECTIONS.contains(&name) {
+            let what = if item.is_table_like() {
+                "section"
+            } else {
+                "key"
+            };
+            reader::unknown(what, name, SECTIONS)
+        } else if !item.is_table_like() && !item.is_none() {
+            "expected a table".to_owned()
+        } else {
+            continue;
+        };
+        p.add(line, name.to_owned(), problem);
+    }
+}
+
+/// The section `name` as a reader; absent (or not a table, already reported) reads as empty.
+fn section<'a>(root: &'a Table, p: &Problems<'_>, name: &'static str) -> Section<'a> {
+    let Some((key, item)) = root.get_key_value(name) else {
+        return Section::new(name, None, 1);
+    };
+    let table: Option<&dyn TableLike> = item.as_table_like();
+    let line = p.line_at(key.span()).or_else(|| p.line_at(item.span()));
+    Section::new(name, table, line.unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! The rules of each section: which keys exist, their types and ranges, and the checks that
+//! span two keys (`listen` vs `admin_listen`, `connect_timeout` vs `timeout`).
+//!
+//! Each function starts from the section's defaults and overwrites only the keys the file sets
+//! validly; an invalid key leaves a problem behind and the default in place, so the walk goes on.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use ipnet::IpNet;
+use tracing_subscriber::EnvFilter;
+
+use super::reader::{Problems, Section};
+use super::{CacheConfig, FallbackConfig, LogConfig, LogFormat, OutpostConfig, ServerConfig};
+
+/// Keys of `[server]`.
+pub(super) const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "admin_listen",
+    "trusted_proxies",
+    "max_header_bytes",
+    "header_read_timeout",
+    "shutdown_delay",
+    "drain_timeout",
+    "workers",
+];
+/// Keys of `[outpost]`.
+pub(super) const OUTPOST_KEYS: &[&str] = &[
+    "url",
+    "connect_timeout",
+    "timeout",
+    "pool_max_idle",
+    "pool_idle_timeout",
+];
+/// Keys of `[cache]`.
+pub(super) const CACHE_KEYS: &[&str] = &["ttl", "capacity"];
+/// Keys of `[fallback]`.
+pub(super) const FALLBACK_KEYS: &[&str] = &[
+    "enabled",
+    "realm",
+    "htpasswd_file",
+    "trip_after",
+    "probe_interval",
+    "verified_ttl",
+    "max_failures_per_user",
+    "max_failures_per_address",
+    "failure_window",
+];
+/// Keys of `[log]`.
+pub(super) const LOG_KEYS: &[&str] = &["level", "format"];
+
+fn set<T>(slot: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *slot = value;
+    }
+}
+
+/// `[server]`.
+pub(super) fn server(s: &Section<'_>, p: &mut Problems<'_>) -> ServerConfig {
+    s.reject_unknown(p, SERVER_KEYS);
+    let mut c = ServerConfig::default();
+    set(&mut c.listen, socket_addr(s, p, "listen"));
+    set(&mut c.admin_listen, socket_addr(s, p, "admin_listen"));
+    set(&mut c.trusted_proxies, trusted_proxies(s, p));
+    set(
+        &mut c.max_header_bytes,
+        s.integer(p, "max_header_bytes", 8192..=16_777_216),
+    );
+    set(
+        &mut c.header_read_timeout,
+        s.duration(p, "header_read_timeout", false),
+    );
+    set(&mut c.shutdown_delay, s.duration(p, "shutdown_delay", true));
+    set(&mut c.drain_timeout, s.duration(p, "drain_timeout", false));
+    set(&mut c.workers, s.integer(p, "workers", 0..=1024));
+    if listeners_clash(c.listen, c.admin_listen) {
+        let key = if s.has("admin_listen") {
+            "admin_listen"
+        } else {
+            "listen"
+        };
+        let problem = "server.listen and server.admin_listen must be different addresses";
+        s.fail(p, key, problem);
+    }
+    c
+}
+
+/// Same address, or same port and family with one side on the unspecified address (the
+/// second bind would fail with EADDRINUSE).
+fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    let wildcard = a.ip().is_unspecified() || b.ip().is_unspecified();
+    a == b || (a.port() == b.port() && a.port() != 0 && a.is_ipv4() == b.is_ipv4() && wildcard)
+}
+
+fn socket_addr(s: &Section<'_>, p: &mut Problems<'_>, key: &str) -> Option<SocketAddr> {
+    let text = s.string(p, key)?;
+    let addr = text.parse().ok();
+    if addr.is_none() {
+        let problem = format!("\"{text}\" is not IP:port (e.g. \"0.0.0.0:9000\" or \"[::]:9000\")");
+        s.fail(p, key, problem);
+    }
+    addr
+}
+
+/// Each entry a CIDR or a bare address (a /32 or /128), host bits cleared.
+fn trusted_proxies(s: &Section<'_>, p: &mut Problems<'_>) -> Option<Vec<IpNet>> {
+    let key = "trusted_proxies";
+    let mut nets = Vec::new();
+    for (text, line) in s.strings(p, key)? {
+        let net = text
+            .parse::<IpNet>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from));
+        match net {
+            Some(net) => nets.push(net.trunc()),
+            None => p.add(
+                line,
+                s.dotted(key),
+                format!("\"{text}\" is not a CIDR (e.g. \"10.0.0.0/8\") or an IP address"),
+            ),
+        }
+    }
+    Some(nets)
+}
+
+/// `[outpost]`; `url` is required and has no default a real deployment could use.
+pub(super) fn outpost(s: &Section<'_>, p: &mut Problems<'_>) -> OutpostConfig {
+    s.reject_unknown(p, OUTPOST_KEYS);
+    let mut c = OutpostConfig::default();
+    if !s.has("url") {
+        // A missing key has no line of its own; the contract points at the file's first line.
+        p.add(1, s.dotted("url"), "missing (required)");
+    }
+    set(
+        &mut c.url,
+        s.string(p, "url").and_then(|u| outpost_url(s, p, u)),
+    );
+    set(
+        &mut c.connect_timeout,
+        s.duration(p, "connect_timeout", false),
+    );
+    set(&mut c.timeout, s.duration(p, "timeout", false));
+    set(
+        &mut c.pool_max_idle,
+        s.integer(p, "pool_max_idle", 0..=65_536),
+    );
+    set(
+        &mut c.pool_idle_timeout,
+        s.duration(p, "pool_idle_timeout", false),
+    );
+    if c.connect_timeout > c.timeout {
+        // `timeout` bounds the whole exchange, connect included (DESIGN.md section 4).
+        let problem = format!(
+            "must not exceed outpost.timeout ({})",
+            humantime::format_duration(c.timeout)
+        );
+        s.fail(p, "connect_timeout", problem);
+    }
+    c
+}
+
+/// Plain `http://host[:port][/]`: anything more would be silently ignored by the client.
+fn outpost_url(s: &Section<'_>, p: &mut Problems<'_>, text: &str) -> Option<http::Uri> {
+    let problem = url_problem(text);
+    if let Err(problem) = &problem {
+        s.fail(p, "url", problem.as_str());
+    }
+    problem.ok()
+}
+
+fn url_problem(text: &str) -> Result<http::Uri, String> {
+    if text.contains('#') {
+        return Err("must not have a fragment".to_owned());
+    }
+    let uri: http::Uri = text
+        .parse()
+        .map_err(|e| format!("\"{text}\" is not a URL like \"http://host:9000\": {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err("https to the outpost is not supported yet; use http".to_owned())
+        }
+        Some(other) => return Err(format!("scheme \"{other}\" is not supported; use http")),
+        None => return Err(format!("\"{text}\" is not a URL like \"http://host:9000\"")),
+    }
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not contain user info (secrets are never inline)".to_owned());
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err("must have a host".to_owned());
+    }
+    if !matches!(uri.path(), "" | "/") {
+        return Err("must not have a path (only \"/\")".to_owned());
+    }
+    if uri.query().is_some() {
+        return Err("must not have a query".to_owned());
+    }
+    Ok(uri)
+}
+
+/// `[cache]`.
+pub(super) fn cache(s: &Section<'_>, p: &mut Problems<'_>) -> CacheConfig {
+    s.reject_unknown(p, CACHE_KEYS);
+    let mut c = CacheConfig::default();
+    set(&mut c.ttl, s.duration(p, "ttl", true));
+    set(&mut c.capacity, s.integer(p, "capacity", 1..=100_000_000));
+    c
+}
+
+/// `[fallback]`.
+pub(super) fn fallback(s: &Section<'_>, p: &mut Problems<'_>) -> FallbackConfig {
+    s.reject_unknown(p, FALLBACK_KEYS);
+    let mut c = FallbackConfig::default();
+    set(&mut c.enabled, s.boolean(p, "enabled"));
+    set(&mut c.realm, realm(s, p));
+    set(&mut c.htpasswd_file, htpasswd_file(s, p));
+    set(&mut c.trip_after, s.integer(p, "trip_after", 1..=1000));
+    set(
+        &mut c.probe_interval,
+        s.duration(p, "probe_interval", false),
+    );
+    set(&mut c.verified_ttl, s.duration(p, "verified_ttl", true));
+    let limits = 1..=1_000_000;
+    set(
+        &mut c.max_failures_per_user,
+        s.integer(p, "max_failures_per_user", limits.clone()),
+    );
+    set(
+        &mut c.max_failures_per_address,
+        s.integer(p, "max_failures_per_address", limits),
+    );
+    set(
+        &mut c.failure_window,
+        s.duration(p, "failure_window", false),
+    );
+    c
+}
+
+/// The realm goes verbatim into `WWW-Authenticate: Basic realm="..."` (RFC 7617 section 2), so
+/// it must be a quoted-string without escapes: printable ASCII, no `"` or `\`.
+fn realm(s: &Section<'_>, p: &mut Problems<'_>) -> Option<String> {
+    let text = s.string(p, "realm")?;
+    let bad = |c: char| !(' '..='~').contains(&c) || c == '"' || c == '\\';
+    let problem = if text.is_empty() {
+        "must not be empty"
+    } else if text.chars().any(bad) {
+        "must be printable ASCII without '\"' or '\\' (it goes into a WWW-Authenticate header)"
+    } else {
+        return Some(text.to_owned());
+    };
+    s.fail(p, "realm", problem);
+    None
+}
+
+fn htpasswd_file(s: &Section<'_>, p: &mut Problems<'_>) -> Option<PathBuf> {
+    let text = s.string(p, "htpasswd_file")?;
+    if text.is_empty() {
+        s.fail(p, "htpasswd_file", "must not be empty");
+        return None;
+    }
+    Some(PathBuf::from(text))
+}
+
+/// `[log]`.
+pub(super) fn log(s: &Section<'_>, p: &mut Problems<'_>) -> LogConfig {
+    s.reject_unknown(p, LOG_KEYS);
+    let mut c = LogConfig::default();
+    if let Some(level) = s.string(p, "level") {
+        match EnvFilter::try_new(level) {
+            Ok(_) if !level.trim().is_empty() => c.level = level.to_owned(),
+            Ok(_) => s.fail(p, "level", "must not be empty (e.g. \"info\")"),
+            Err(e) => s.fail(p, "level", format!("not a log filter like \"info\": {e}")),
+        }
+    }
+    match s.string(p, "format") {
+        Some("json") => c.format = LogFormat::Json,
+        Some("text") => c.format = LogFormat::Text,
+        Some(other) => s.fail(
+            p,
+            "format",
+            format!("\"{other}\" is not \"json\" or \"text\""),
+        ),
+        None => {}
+    }
+    c
+}

@@ -1,0 +1,170 @@
+//! Path to handler on the main listener (DESIGN.md section 2), the access log and the request
+//! metrics.
+//!
+//! Priority: the four forward-auth endpoints, then every other `/outpost.goauthentik.io/*` path
+//! (passthrough), then `/healthz`, then 404. Paths under the prefix with dot-segments or encoded
+//! slashes are refused before matching, so routing and the outpost agree on one canonical path.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::auth::{self, Answer};
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::metrics::{Decision, Endpoint};
+use crate::upstream::passthrough;
+
+/// The outpost's path prefix.
+pub const OUTPOST_PREFIX: &str = "/outpost.goauthentik.io/";
+
+/// Where a path goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// A forward-auth check.
+    Check(Endpoint),
+    /// Passed to the outpost.
+    Passthrough,
+    /// `/healthz`.
+    Health,
+    /// A refused path under the prefix.
+    BadPath,
+    /// Nothing.
+    NotFound,
+}
+
+/// Routes a path.
+pub fn route(path: &str) -> Route {
+    let Some(rest) = path.strip_prefix(OUTPOST_PREFIX) else {
+        return if path == "/healthz" { Route::Health } else { Route::NotFound };
+    };
+    if is_ambiguous(rest) {
+        return Route::BadPath;
+    }
+    match rest {
+        "auth/traefik" => Route::Check(Endpoint::Traefik),
+        "auth/caddy" => Route::Check(Endpoint::Caddy),
+        "auth/nginx" => Route::Check(Endpoint::Nginx),
+        "auth/envoy" => Route::Check(Endpoint::Envoy),
+        r if r.starts_with("auth/envoy/") => Route::Check(Endpoint::Envoy),
+        _ => Route::Passthrough,
+    }
+}
+
+/// Dot-segments (RFC 3986 section 5.2.4), encoded dots or slashes, backslashes or empty
+/// segments: anything a server further on might normalise differently.
+fn is_ambiguous(rest: &str) -> bool {
+    let path = rest.split('?').next().unwrap_or(rest);
+    let lower = path.to_ascii_lowercase();
+    path.split('/').any(|seg| seg == "." || seg == "..")
+        || lower.contains("%2e")
+        || lower.contains("%2f")
+        || lower.contains("%5c")
+        || path.contains('\\')
+        || path.contains("//")
+}
+
+/// Handles one request on the main listener.
+pub async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Response<Body> {
+    let started = Instant::now();
+    let route = route(req.uri().path());
+    let (endpoint, answer) = match route {
+        Route::Check(endpoint) => {
+            let (parts, _body) = req.into_parts();
+            (endpoint, auth::check(&app, endpoint, &parts, peer.ip(), tls).await)
+        }
+        Route::Passthrough => (Endpoint::Outpost, pass(&app, req, peer, tls).await),
+        Route::Health => return health(),
+        Route::BadPath => (Endpoint::Outpost, refused(ProxyError::BadPath)),
+        Route::NotFound => return ProxyError::NotFound.response(),
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics.request(endpoint, answer.decision, seconds);
+    tracing::info!(
+        target: "access",
+        endpoint = endpoint.as_str(),
+        decision = answer.decision.as_str(),
+        status = answer.response.status().as_u16(),
+        duration_ms = seconds * 1000.0,
+        outpost_ms = answer.outpost_seconds.map(|s| s * 1000.0),
+        peer = %peer.ip(),
+    );
+    answer.response
+}
+
+async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Answer {
+    let rt = app.runtime();
+    let (parts, body) = req.into_parts();
+    if parts.uri.path() == "/outpost.goauthentik.io/sign_out" {
+        let caller = auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
+        rt.cache.purge(&auth::cache::Credentials::of(&caller));
+        app.metrics.cache_entries.set(rt.cache.len() as i64);
+    }
+    let started = Instant::now();
+    let result = passthrough::forward(&rt, parts, body, peer.ip(), tls).await;
+    let outpost_seconds = Some(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => Answer { response, decision: Decision::Passthrough, outpost_seconds },
+        Err(err) => {
+            tracing::warn!(error = %err, "passthrough failed");
+            Answer { response: err.response(), decision: Decision::Error, outpost_seconds }
+        }
+    }
+}
+
+fn refused(err: ProxyError) -> Answer {
+    Answer { response: err.response(), decision: Decision::Error, outpost_seconds: None }
+}
+
+/// `/healthz` on the main port: 200 "ok", as the nginx tier answered.
+pub fn health() -> Response<Body> {
+    let mut resp = Response::new(Body::full("ok\n"));
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_in_priority_order() {
+        assert_eq!(route("/outpost.goauthentik.io/auth/traefik"), Route::Check(Endpoint::Traefik));
+        assert_eq!(route("/outpost.goauthentik.io/auth/caddy"), Route::Check(Endpoint::Caddy));
+        assert_eq!(route("/outpost.goauthentik.io/auth/nginx"), Route::Check(Endpoint::Nginx));
+        assert_eq!(route("/outpost.goauthentik.io/auth/envoy"), Route::Check(Endpoint::Envoy));
+        assert_eq!(route("/outpost.goauthentik.io/auth/envoy/app/x"), Route::Check(Endpoint::Envoy));
+        assert_eq!(route("/outpost.goauthentik.io/auth/envoyx"), Route::Passthrough);
+        assert_eq!(route("/outpost.goauthentik.io/start"), Route::Passthrough);
+        assert_eq!(route("/outpost.goauthentik.io/callback"), Route::Passthrough);
+        assert_eq!(route("/healthz"), Route::Health);
+        assert_eq!(route("/"), Route::NotFound);
+        assert_eq!(route("/outpost.goauthentik.io"), Route::NotFound);
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        for p in [
+            "/outpost.goauthentik.io/../admin",
+            "/outpost.goauthentik.io/auth/%2e%2e/x",
+            "/outpost.goauthentik.io/auth%2Ftraefik",
+            "/outpost.goauthentik.io//auth/traefik",
+            "/outpost.goauthentik.io/auth\\traefik",
+        ] {
+            assert_eq!(route(p), Route::BadPath, "{p}");
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Accept loops, connection limits and graceful shutdown.
+//!
+//! Listeners are bound by the caller (the binary, or tests on `127.0.0.1:0`) and never rebound.
+//! Shutdown (DESIGN.md section 6): readiness turns 503 at once, accepting continues for
+//! `server.shutdown_delay` so load balancers move away, then accepting stops and connections
+//! in flight get `server.drain_timeout` to finish.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::admin;
+use crate::app::App;
+use crate::router;
+
+/// The two bound listeners.
+#[derive(Debug)]
+pub struct Listeners {
+    /// Forward-auth listener.
+    pub main: TcpListener,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`).
+    pub admin: TcpListener,
+}
+
+impl Listeners {
+    /// Binds both addresses.
+    pub async fn bind(main: SocketAddr, admin: SocketAddr) -> std::io::Result<Listeners> {
+        Ok(Listeners { main: TcpListener::bind(main).await?, admin: TcpListener::bind(admin).await? })
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Main,
+    Admin,
+}
+
+/// Serves until `shutdown` resolves, then drains as the config says.
+pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    // Every connection task holds a clone of `alive`; the drain ends when the last one is gone.
+    let (alive, mut all_closed) = mpsc::channel::<()>(1);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let conns = Connections { alive, stop: stop_rx.clone() };
+    let main = tokio::spawn(accept_loop(listeners.main, app.clone(), Kind::Main, conns.clone()));
+    let admin = tokio::spawn(accept_loop(listeners.admin, app.clone(), Kind::Admin, conns));
+    shutdown.await;
+    app.start_draining();
+    let rt = app.runtime();
+    tracing::info!(delay = ?rt.config.server.shutdown_delay, "shutting down: readiness is 503");
+    tokio::time::sleep(rt.config.server.shutdown_delay).await;
+    let _ = stop_tx.send(true);
+    let _ = main.await;
+    let _ = admin.await;
+    tracing::info!(deadline = ?rt.config.server.drain_timeout, "stopped accepting; draining");
+    match tokio::time::timeout(rt.config.server.drain_timeout, all_closed.recv()).await {
+        Ok(_) => tracing::info!("drained"),
+        Err(_) => tracing::warn!("drain deadline passed; closing remaining connections"),
+    }
+}
+
+/// What every connection task holds: a liveness token and the stop signal.
+#[derive(Clone, Debug)]
+struct Connections {
+    alive: mpsc::Sender<()>,
+    stop: watch::Receiver<bool>,
+}
+
+async fn accept_loop(listener: TcpListener, app: Arc<App>, kind: Kind, conns: Connections) {
+    let mut stop = conns.stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            _ = stopped(&mut stop) => return,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(err) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %err, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = serve(stream, peer, app.clone(), kind);
+        let conns = conns.clone();
+        tokio::spawn(async move {
+            let Connections { alive, mut stop } = conns;
+            let mut conn = std::pin::pin!(conn);
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = stopped(&mut stop) => {
+                    // Finish the request in flight, then close (no new keepalive requests).
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(err) = result {
+                tracing::debug!(error = %err, %peer, "connection ended with an error");
+            }
+            drop(alive);
+        });
+    }
+}
+
+/// Resolves once the stop flag is set (or its sender is gone).
+async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await.map(|_| ());
+}
+
+fn serve(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    kind: Kind,
+) -> hyper::server::conn::http1::Connection<
+    TokioIo<tokio::net::TcpStream>,
+    impl hyper::service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<crate::body::Body>,
+            Error = Infallible,
+            Future = impl Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send,
+        > + Send,
+> {
+    let cfg = app.runtime().config.server.clone();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        // Go canonical case, as the outpost writes them (`X-Authentik-Username`).
+        .title_case_headers(true)
+        // hyper answers 431 when the head outgrows this buffer.
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move {
+            Ok::<_, Infallible>(match kind {
+                Kind::Main => router::handle(app, req, peer, false).await,
+                Kind::Admin => admin::handle(&app, &req),
+            })
+        }
+    });
+    builder.serve_connection(TokioIo::new(stream), service)
+}

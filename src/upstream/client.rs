@@ -1,0 +1,141 @@
+//! The keepalive pool towards the outpost.
+//!
+//! One hyper-util client per outpost, HTTP/1.1 only (the outpost serves no h2). The pool keeps up
+//! to `pool_max_idle` idle connections and closes them after `pool_idle_timeout`, which only works
+//! because a `pool_timer` is set. Every connection the connector opens is counted, so reuse can
+//! be proven from outside (`portcullis_outpost_connections_opened_total`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use prometheus::IntCounter;
+use tower_service::Service;
+
+use crate::body::Body;
+use crate::config::OutpostConfig;
+
+/// A connector that counts the connections it opens.
+#[derive(Clone, Debug)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    opened: IntCounter,
+}
+
+impl Service<Uri> for CountingConnector {
+    type Response = <HttpConnector as Service<Uri>>::Response;
+    type Error = <HttpConnector as Service<Uri>>::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, dst: Uri) -> Self::Future {
+        let fut = self.inner.call(dst);
+        let opened = self.opened.clone();
+        Box::pin(async move {
+            let conn = fut.await?;
+            opened.inc();
+            Ok(conn)
+        })
+    }
+}
+
+/// The pooled client plus the outpost's base address.
+#[derive(Clone, Debug)]
+pub struct OutpostClient {
+    client: Client<CountingConnector, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    timeout: Duration,
+}
+
+/// Why a request to the outpost failed before an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TCP connection was refused: nothing listens there.
+    #[error("outpost refused the connection")]
+    Refused(#[source] hyper_util::client::legacy::Error),
+    /// Any other connect failure (unreachable, DNS, connect timeout).
+    #[error("cannot connect to the outpost")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// The connection broke during the exchange.
+    #[error("outpost exchange failed")]
+    Exchange(#[source] hyper_util::client::legacy::Error),
+    /// The whole exchange took longer than `outpost.timeout`.
+    #[error("outpost did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl OutpostClient {
+    /// Builds the pool from `[outpost]`; `opened` counts new connections.
+    pub fn new(cfg: &OutpostConfig, opened: IntCounter) -> OutpostClient {
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(cfg.connect_timeout));
+        http.set_nodelay(true);
+        http.enforce_http(true);
+        let connector = CountingConnector { inner: http, opened };
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        let scheme = cfg.url.scheme().cloned().unwrap_or(Scheme::HTTP);
+        let authority = cfg
+            .url
+            .authority()
+            .cloned()
+            .unwrap_or(Authority::from_static("127.0.0.1"));
+        OutpostClient { client, scheme, authority, timeout: cfg.timeout }
+    }
+
+    /// The outpost URL for a path (and query).
+    pub fn uri(&self, path_and_query: PathAndQuery) -> Uri {
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path_and_query);
+        Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    /// The outpost's `host:port`.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// `outpost.timeout`.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Sends one request and waits for the response head (no timeout here: callers bound the
+    /// whole exchange, body included).
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, ClientError> {
+        self.client.request(req).await.map_err(classify)
+    }
+}
+
+fn classify(err: hyper_util::client::legacy::Error) -> ClientError {
+    if !err.is_connect() {
+        return ClientError::Exchange(err);
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return ClientError::Refused(err);
+            }
+        }
+        source = e.source();
+    }
+    ClientError::Connect(err)
+}

@@ -1,0 +1,5 @@
+//! Everything that talks to the outpost: the keepalive pool, the passthrough, the breaker.
+
+pub mod breaker;
+pub mod client;
+pub mod passthrough;

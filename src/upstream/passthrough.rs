@@ -1,0 +1,79 @@
+//! `/outpost.goauthentik.io/*` (start, callback, sign_out, ping, static) passed to the outpost
+//! unauthenticated, streaming both ways over the same keepalive pool.
+//!
+//! The request keeps its method, path, body and ordinary headers; spoofable headers are dropped
+//! and `X-Forwarded-*` rebuilt under the same trust rule as forward-auth checks. The response
+//! head must arrive within `outpost.timeout`; its body then streams as the outpost sends it.
+
+use std::net::IpAddr;
+
+use http::request::Parts;
+use http::Response;
+use hyper::body::Incoming;
+
+use crate::app::Runtime;
+use crate::auth::headers::{
+    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_PROTO,
+    X_FORWARDED_URI,
+};
+use crate::auth::outpost::Failure;
+use crate::auth::request::Caller;
+use crate::body::Body;
+use crate::error::ProxyError;
+use crate::upstream::client::ClientError;
+
+/// Forwards one request to the outpost and returns its response, streamed.
+pub async fn forward(
+    rt: &Runtime,
+    parts: Parts,
+    body: Incoming,
+    peer: IpAddr,
+    tls: bool,
+) -> Result<Response<Body>, ProxyError> {
+    if rt.breaker.is_open() {
+        return Err(ProxyError::PassthroughFailed(Failure::CircuitOpen));
+    }
+    let req = build(rt, parts, body, peer, tls);
+    let resp = match tokio::time::timeout(rt.client.timeout(), rt.client.send(req)).await {
+        Err(_) => return Err(ProxyError::PassthroughFailed(Failure::Timeout)),
+        Ok(Err(ClientError::Refused(_))) => return Err(ProxyError::PassthroughFailed(Failure::Refused)),
+        Ok(Err(ClientError::Connect(_))) => return Err(ProxyError::PassthroughFailed(Failure::Connect)),
+        Ok(Err(_)) => return Err(ProxyError::PassthroughFailed(Failure::Exchange)),
+        Ok(Ok(resp)) => resp,
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    Ok(Response::from_parts(parts, Body::Stream(body)))
+}
+
+fn build(rt: &Runtime, mut parts: Parts, body: Incoming, peer: IpAddr, tls: bool) -> http::Request<Body> {
+    let (host, proto, uri, method, xff) = {
+        let caller = Caller::new(&parts, peer, &rt.config.server.trusted_proxies, tls);
+        (caller.host(), caller.proto(), caller.uri(), caller.method(), caller.forwarded_for())
+    };
+    let path = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or(http::uri::PathAndQuery::from_static("/"));
+    parts.uri = rt.client.uri(path);
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    let spoofable: Vec<_> = h
+        .keys()
+        .filter(|n| headers::is_spoofable(n) || headers::is_forwarded_family(n.as_str()))
+        .cloned()
+        .collect();
+    for name in spoofable {
+        h.remove(name);
+    }
+    if let Some(host) = host {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    h.insert(X_FORWARDED_PROTO, proto);
+    h.insert(X_FORWARDED_URI, uri);
+    h.insert(X_FORWARDED_METHOD, method);
+    h.insert(X_FORWARDED_FOR, xff);
+    parts.version = http::Version::HTTP_11;
+    http::Request::from_parts(parts, Body::Stream(body))
+}
