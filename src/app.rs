@@ -146,12 +146,16 @@ fn build_runtime(
     old: Option<&Runtime>,
     metrics: &Metrics,
 ) -> Result<Runtime, BuildError> {
-    let realm = if config.fallback.enabled {
-        let realm = Arc::new(Realm::load(&config.fallback)?);
-        realm.spawn_watcher();
-        Some(realm)
-    } else {
-        None
+    // An unchanged [fallback] keeps its realm: its failure counts and verified credentials
+    // survive a reload of other sections (the realm re-reads its own file when that changes).
+    let realm = match old.and_then(|o| o.realm.as_ref()) {
+        Some(realm) if old.is_some_and(|o| o.config.fallback == config.fallback) => Some(realm.clone()),
+        _ if config.fallback.enabled => {
+            let realm = Arc::new(Realm::load(&config.fallback)?);
+            realm.spawn_watcher();
+            Some(realm)
+        }
+        _ => None,
     };
     let same_outpost = old.is_some_and(|o| o.config.outpost == config.outpost);
     let client = match old {
