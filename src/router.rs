@@ -40,7 +40,11 @@ pub enum Route {
 /// Routes a path.
 pub fn route(path: &str) -> Route {
     let Some(rest) = path.strip_prefix(OUTPOST_PREFIX) else {
-        return if path == "/healthz" { Route::Health } else { Route::NotFound };
+        return if path == "/healthz" {
+            Route::Health
+        } else {
+            Route::NotFound
+        };
     };
     if is_ambiguous(rest) {
         return Route::BadPath;
@@ -80,7 +84,10 @@ pub async fn handle(
     let (endpoint, answer) = match route {
         Route::Check(endpoint) => {
             let (parts, _body) = req.into_parts();
-            (endpoint, auth::check(&app, endpoint, &parts, peer.ip(), tls).await)
+            (
+                endpoint,
+                auth::check(&app, endpoint, &parts, peer.ip(), tls).await,
+            )
         }
         Route::Passthrough => (Endpoint::Outpost, pass(&app, req, peer, tls).await),
         Route::Health => return health(),
@@ -105,7 +112,8 @@ async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tls: bool) ->
     let rt = app.runtime();
     let (parts, body) = req.into_parts();
     if parts.uri.path() == "/outpost.goauthentik.io/sign_out" {
-        let caller = auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
+        let caller =
+            auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
         rt.cache.purge(&auth::cache::Credentials::of(&caller));
         app.metrics.cache_entries.set(rt.cache.len() as i64);
     }
@@ -113,21 +121,33 @@ async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tls: bool) ->
     let result = passthrough::forward(&rt, parts, body, peer.ip(), tls).await;
     let outpost_seconds = Some(started.elapsed().as_secs_f64());
     match result {
-        Ok(response) => Answer { response, decision: Decision::Passthrough, outpost_seconds },
+        Ok(response) => Answer {
+            response,
+            decision: Decision::Passthrough,
+            outpost_seconds,
+        },
         Err(err) => {
             tracing::warn!(error = %err, "passthrough failed");
-            Answer { response: err.response(), decision: Decision::Error, outpost_seconds }
+            Answer {
+                response: err.response(),
+                decision: Decision::Error,
+                outpost_seconds,
+            }
         }
     }
 }
 
 fn refused(err: ProxyError) -> Answer {
-    Answer { response: err.response(), decision: Decision::Error, outpost_seconds: None }
+    Answer {
+        response: err.response(),
+        decision: Decision::Error,
+        outpost_seconds: None,
+    }
 }
 
 /// `/healthz` on the main port: 200 "ok", as the nginx tier answered.
 pub fn health() -> Response<Body> {
-    let mut resp = Response::new(Body::full("ok\n"));
+    let mut resp = Response::new(Body::full("ok"));
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -142,14 +162,35 @@ mod tests {
 
     #[test]
     fn routes_in_priority_order() {
-        assert_eq!(route("/outpost.goauthentik.io/auth/traefik"), Route::Check(Endpoint::Traefik));
-        assert_eq!(route("/outpost.goauthentik.io/auth/caddy"), Route::Check(Endpoint::Caddy));
-        assert_eq!(route("/outpost.goauthentik.io/auth/nginx"), Route::Check(Endpoint::Nginx));
-        assert_eq!(route("/outpost.goauthentik.io/auth/envoy"), Route::Check(Endpoint::Envoy));
-        assert_eq!(route("/outpost.goauthentik.io/auth/envoy/app/x"), Route::Check(Endpoint::Envoy));
-        assert_eq!(route("/outpost.goauthentik.io/auth/envoyx"), Route::Passthrough);
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/traefik"),
+            Route::Check(Endpoint::Traefik)
+        );
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/caddy"),
+            Route::Check(Endpoint::Caddy)
+        );
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/nginx"),
+            Route::Check(Endpoint::Nginx)
+        );
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/envoy"),
+            Route::Check(Endpoint::Envoy)
+        );
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/envoy/app/x"),
+            Route::Check(Endpoint::Envoy)
+        );
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/envoyx"),
+            Route::Passthrough
+        );
         assert_eq!(route("/outpost.goauthentik.io/start"), Route::Passthrough);
-        assert_eq!(route("/outpost.goauthentik.io/callback"), Route::Passthrough);
+        assert_eq!(
+            route("/outpost.goauthentik.io/callback"),
+            Route::Passthrough
+        );
         assert_eq!(route("/healthz"), Route::Health);
         assert_eq!(route("/"), Route::NotFound);
         assert_eq!(route("/outpost.goauthentik.io"), Route::NotFound);

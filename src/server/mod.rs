@@ -33,7 +33,10 @@ pub struct Listeners {
 impl Listeners {
     /// Binds both addresses.
     pub async fn bind(main: SocketAddr, admin: SocketAddr) -> std::io::Result<Listeners> {
-        Ok(Listeners { main: TcpListener::bind(main).await?, admin: TcpListener::bind(admin).await? })
+        Ok(Listeners {
+            main: TcpListener::bind(main).await?,
+            admin: TcpListener::bind(admin).await?,
+        })
     }
 }
 
@@ -48,9 +51,22 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     // Every connection task holds a clone of `alive`; the drain ends when the last one is gone.
     let (alive, mut all_closed) = mpsc::channel::<()>(1);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let conns = Connections { alive, stop: stop_rx.clone() };
-    let main = tokio::spawn(accept_loop(listeners.main, app.clone(), Kind::Main, conns.clone()));
-    let admin = tokio::spawn(accept_loop(listeners.admin, app.clone(), Kind::Admin, conns));
+    let conns = Connections {
+        alive,
+        stop: stop_rx.clone(),
+    };
+    let main = tokio::spawn(accept_loop(
+        listeners.main,
+        app.clone(),
+        Kind::Main,
+        conns.clone(),
+    ));
+    let admin = tokio::spawn(accept_loop(
+        listeners.admin,
+        app.clone(),
+        Kind::Admin,
+        conns,
+    ));
     shutdown.await;
     app.start_draining();
     let rt = app.runtime();
@@ -91,24 +107,7 @@ async fn accept_loop(listener: TcpListener, app: Arc<App>, kind: Kind, conns: Co
             }
         };
         let _ = stream.set_nodelay(true);
-        let conn = serve(stream, peer, app.clone(), kind);
-        let conns = conns.clone();
-        tokio::spawn(async move {
-            let Connections { alive, mut stop } = conns;
-            let mut conn = std::pin::pin!(conn);
-            let result = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = stopped(&mut stop) => {
-                    // Finish the request in flight, then close (no new keepalive requests).
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
-            if let Err(err) = result {
-                tracing::debug!(error = %err, %peer, "connection ended with an error");
-            }
-            drop(alive);
-        });
+        tokio::spawn(connection(stream, peer, app.clone(), kind, conns.clone()));
     }
 }
 
@@ -117,20 +116,16 @@ async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await.map(|_| ());
 }
 
-fn serve(
+/// Serves one connection until it ends, or until the stop signal asks it to finish the request
+/// in flight and close.
+async fn connection(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     app: Arc<App>,
     kind: Kind,
-) -> hyper::server::conn::http1::Connection<
-    TokioIo<tokio::net::TcpStream>,
-    impl hyper::service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<crate::body::Body>,
-            Error = Infallible,
-            Future = impl Future<Output = Result<http::Response<crate::body::Body>, Infallible>> + Send,
-        > + Send,
-> {
+    conns: Connections,
+) {
+    let Connections { alive, mut stop } = conns;
     let cfg = app.runtime().config.server.clone();
     let mut builder = http1::Builder::new();
     builder
@@ -150,5 +145,18 @@ fn serve(
             })
         }
     });
-    builder.serve_connection(TokioIo::new(stream), service)
+    let conn = builder.serve_connection(TokioIo::new(stream), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut stop) => {
+            // Finish the request in flight, then close (no new keepalive requests).
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, %peer, "connection ended with an error");
+    }
+    drop(alive);
 }
