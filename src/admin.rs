@@ -41,7 +41,9 @@ fn readyz(app: &App) -> Response<Body> {
     let body = format!("{state}\noutpost: {outpost}\nfallback: {fallback}\n");
     let mut resp = Response::new(Body::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

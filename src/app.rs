@@ -149,7 +149,9 @@ fn build_runtime(
     // An unchanged [fallback] keeps its realm: its failure counts and verified credentials
     // survive a reload of other sections (the realm re-reads its own file when that changes).
     let realm = match old.and_then(|o| o.realm.as_ref()) {
-        Some(realm) if old.is_some_and(|o| o.config.fallback == config.fallback) => Some(realm.clone()),
+        Some(realm) if old.is_some_and(|o| o.config.fallback == config.fallback) => {
+            Some(realm.clone())
+        }
         _ if config.fallback.enabled => {
             let realm = Arc::new(Realm::load(&config.fallback)?);
             realm.spawn_watcher();
@@ -168,7 +170,14 @@ fn build_runtime(
     };
     breaker.set_trip_after(config.fallback.trip_after);
     let cache = Arc::new(Cache::new(config.cache.capacity, config.cache.ttl));
-    Ok(Runtime { config, generation, client, breaker, realm, cache })
+    Ok(Runtime {
+        config,
+        generation,
+        client,
+        breaker,
+        realm,
+        cache,
+    })
 }
 
 /// While the breaker is open, probes `/outpost.goauthentik.io/ping` every `probe_interval` and
@@ -179,7 +188,10 @@ async fn probe_loop(app: std::sync::Weak<App>) {
         let rt = strong.runtime();
         drop(strong);
         // Re-check now and then: a reload may swap the breaker we wait on.
-        if tokio::time::timeout(Duration::from_secs(1), rt.breaker.wait_open()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(1), rt.breaker.wait_open())
+            .await
+            .is_err()
+        {
             continue;
         }
         tokio::time::sleep(rt.config.fallback.probe_interval).await;
@@ -194,9 +206,9 @@ async fn probe_loop(app: std::sync::Weak<App>) {
 
 async fn probe(rt: &Runtime) -> bool {
     let mut req = http::Request::new(crate::body::Body::Empty);
-    *req.uri_mut() = rt
-        .client
-        .uri(http::uri::PathAndQuery::from_static("/outpost.goauthentik.io/ping"));
+    *req.uri_mut() = rt.client.uri(http::uri::PathAndQuery::from_static(
+        "/outpost.goauthentik.io/ping",
+    ));
     let exchange = async {
         let resp = rt.client.send(req).await.ok()?;
         let status = resp.status();
@@ -205,5 +217,8 @@ async fn probe(rt: &Runtime) -> bool {
             .ok()?;
         Some(status.as_u16() < 500)
     };
-    matches!(tokio::time::timeout(rt.client.timeout(), exchange).await, Ok(Some(true)))
+    matches!(
+        tokio::time::timeout(rt.client.timeout(), exchange).await,
+        Ok(Some(true))
+    )
 }

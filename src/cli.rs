@@ -18,15 +18,20 @@ pub fn check_files(config: &Config) -> Result<(), String> {
     if !config.fallback.enabled {
         return Ok(());
     }
-    Realm::load(&config.fallback)
-        .map(|_| ())
-        .map_err(|err| format!("{}: fallback.htpasswd_file: {err}", config.fallback.htpasswd_file.display()))
+    Realm::load(&config.fallback).map(|_| ()).map_err(|err| {
+        format!(
+            "{}: fallback.htpasswd_file: {err}",
+            config.fallback.htpasswd_file.display()
+        )
+    })
 }
 
 /// Installs the tracing subscriber from `[log]`.
 pub fn init_logging(log: &LogConfig) {
     let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -46,7 +51,12 @@ pub fn tokio_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime>
 pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     let listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
         .await
-        .map_err(|e| format!("cannot bind {} / {}: {e}", config.server.listen, config.server.admin_listen))?;
+        .map_err(|e| {
+            format!(
+                "cannot bind {} / {}: {e}",
+                config.server.listen, config.server.admin_listen
+            )
+        })?;
     tracing::info!(
         listen = %config.server.listen,
         admin = %config.server.admin_listen,

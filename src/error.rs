@@ -58,7 +58,10 @@ impl ProxyError {
         let mut resp = Response::new(Body::full(body));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
-        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         if let ProxyError::FallbackLimited(after) = self {
             h.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
             h.insert(X_AUTH_FALLBACK, TRUE);

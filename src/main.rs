@@ -11,7 +11,10 @@ use portcullis::config::Config;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(version, about = "Forward-auth reverse proxy in front of the authentik outpost")]
+#[command(
+    version,
+    about = "Forward-auth reverse proxy in front of the authentik outpost"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

@@ -161,8 +161,8 @@ impl std::fmt::Debug for Metrics {
 
 /// Latency buckets from 50 µs (a cache hit) to 10 s (past every timeout).
 const LATENCY_BUCKETS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 10.0,
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
 ];
 
 impl Metrics {
@@ -174,7 +174,10 @@ impl Metrics {
     fn build() -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let requests_vec = IntCounterVec::new(
-            Opts::new("portcullis_requests_total", "Requests by endpoint and decision."),
+            Opts::new(
+                "portcullis_requests_total",
+                "Requests by endpoint and decision.",
+            ),
             &["endpoint", "decision"],
         )?;
         let duration_vec = HistogramVec::new(
@@ -204,7 +207,10 @@ impl Metrics {
             &["result"],
         )?;
         let reloads = IntCounterVec::new(
-            Opts::new("portcullis_config_reloads_total", "Config reloads by result."),
+            Opts::new(
+                "portcullis_config_reloads_total",
+                "Config reloads by result.",
+            ),
             &["result"],
         )?;
         let m = Metrics {
@@ -302,15 +308,24 @@ impl Metrics {
     }
 
     fn index(endpoint: Endpoint, decision: Decision) -> usize {
-        let e = Endpoint::ALL.iter().position(|x| *x == endpoint).unwrap_or(0);
-        let d = Decision::ALL.iter().position(|x| *x == decision).unwrap_or(0);
+        let e = Endpoint::ALL
+            .iter()
+            .position(|x| *x == endpoint)
+            .unwrap_or(0);
+        let d = Decision::ALL
+            .iter()
+            .position(|x| *x == decision)
+            .unwrap_or(0);
         e * Decision::ALL.len() + d
     }
 
     /// Counts one finished request and its duration.
     pub fn request(&self, endpoint: Endpoint, decision: Decision, seconds: f64) {
         self.requests[Self::index(endpoint, decision)].inc();
-        let e = Endpoint::ALL.iter().position(|x| *x == endpoint).unwrap_or(0);
+        let e = Endpoint::ALL
+            .iter()
+            .position(|x| *x == endpoint)
+            .unwrap_or(0);
         self.durations[e].observe(seconds);
     }
 
@@ -383,7 +398,10 @@ mod tests {
     fn request_counter_moves_only_its_own_child() {
         let m = Metrics::new();
         m.request(Endpoint::Traefik, Decision::AllowCached, 0.001);
-        assert_eq!(m.requests_total(Endpoint::Traefik, Decision::AllowCached), 1);
+        assert_eq!(
+            m.requests_total(Endpoint::Traefik, Decision::AllowCached),
+            1
+        );
         assert_eq!(m.requests_total(Endpoint::Traefik, Decision::Allow), 0);
         assert_eq!(m.requests_total(Endpoint::Nginx, Decision::AllowCached), 0);
         let text = m.render();

@@ -24,7 +24,10 @@ struct Fingerprint {
 
 fn fingerprint(path: &Path) -> Option<Fingerprint> {
     let meta = std::fs::metadata(path).ok()?;
-    Some(Fingerprint { modified: meta.modified().ok(), len: meta.len() })
+    Some(Fingerprint {
+        modified: meta.modified().ok(),
+        len: meta.len(),
+    })
 }
 
 /// Watches `path` and SIGHUP for the life of the process.
@@ -49,7 +52,11 @@ pub fn spawn(app: Arc<App>, path: PathBuf) -> tokio::task::JoinHandle<()> {
                 continue;
             }
             seen = now;
-            reload_from(&app, &path, if by_signal { "SIGHUP" } else { "file changed" });
+            reload_from(
+                &app,
+                &path,
+                if by_signal { "SIGHUP" } else { "file changed" },
+            );
         }
     })
 }
@@ -73,7 +80,11 @@ pub fn reload_from(app: &App, path: &Path, trigger: &str) -> bool {
     };
     app.metrics.config_reload(applied).inc();
     if applied {
-        tracing::info!(trigger, generation = app.runtime().generation, "config reloaded");
+        tracing::info!(
+            trigger,
+            generation = app.runtime().generation,
+            "config reloaded"
+        );
     }
     applied
 }

@@ -66,7 +66,10 @@ impl CacheKey {
             return None;
         }
         let hash = hasher.hash_one(&bytes);
-        Some(CacheKey { bytes: bytes.into_boxed_slice(), hash })
+        Some(CacheKey {
+            bytes: bytes.into_boxed_slice(),
+            hash,
+        })
     }
 
     /// The 64-bit index hash.
@@ -126,7 +129,10 @@ impl Credentials {
             }
         }
         let authorization = caller.authorization().map(|a| a.as_bytes().to_vec());
-        Credentials { cookies, authorization }
+        Credentials {
+            cookies,
+            authorization,
+        }
     }
 
     /// Whether there is nothing to purge by.
@@ -152,8 +158,11 @@ pub struct Cache {
 impl Cache {
     /// A cache of `capacity` entries whose entries live at most `ttl` (zero: disabled).
     pub fn new(capacity: usize, ttl: Duration) -> Cache {
-        let per_shard = NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
-        let shards = (0..SHARDS).map(|_| Mutex::new(LruCache::new(per_shard))).collect();
+        let per_shard =
+            NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
+        let shards = (0..SHARDS)
+            .map(|_| Mutex::new(LruCache::new(per_shard)))
+            .collect();
         Cache { shards, ttl }
     }
 
@@ -190,7 +199,11 @@ impl Cache {
         let Some(ttl) = self.ttl_for(&identity) else {
             return false;
         };
-        let entry = Entry { key: key.bytes.clone(), identity, expires: now + ttl };
+        let entry = Entry {
+            key: key.bytes.clone(),
+            identity,
+            expires: now + ttl,
+        };
         if let Ok(mut shard) = self.shard(key.hash).lock() {
             shard.put(key.hash, entry);
             return true;
@@ -218,7 +231,11 @@ impl Cache {
         }
         let mut uids = Vec::new();
         let mut removed = self.remove_where(|e| {
-            let hit = CacheKey { bytes: e.key.clone(), hash: 0 }.shares_credential(cred);
+            let hit = CacheKey {
+                bytes: e.key.clone(),
+                hash: 0,
+            }
+            .shares_credential(cred);
             if hit {
                 uids.push(uid_of(&e.identity));
             }
@@ -234,8 +251,14 @@ impl Cache {
     fn remove_where(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
         let mut removed = 0;
         for shard in self.shards.iter() {
-            let Ok(mut shard) = shard.lock() else { continue };
-            let doomed: Vec<u64> = shard.iter().filter(|(_, e)| pred(e)).map(|(k, _)| *k).collect();
+            let Ok(mut shard) = shard.lock() else {
+                continue;
+            };
+            let doomed: Vec<u64> = shard
+                .iter()
+                .filter(|(_, e)| pred(e))
+                .map(|(k, _)| *k)
+                .collect();
             for k in doomed {
                 shard.pop(&k);
                 removed += 1;
@@ -255,7 +278,10 @@ impl Cache {
 
     /// Entries held (live or not yet noticed as expired).
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.lock().map_or(0, |s| s.len())).sum()
+        self.shards
+            .iter()
+            .map(|s| s.lock().map_or(0, |s| s.len()))
+            .sum()
     }
 
     /// Whether the cache holds nothing.
@@ -289,8 +315,14 @@ mod tests {
     fn identity(user: &str) -> Arc<Identity> {
         Arc::new(Identity {
             headers: vec![
-                (super::super::headers::X_AUTHENTIK_USERNAME, HeaderValue::from_str(user).unwrap()),
-                (super::super::headers::X_AUTHENTIK_UID, HeaderValue::from_str(user).unwrap()),
+                (
+                    super::super::headers::X_AUTHENTIK_USERNAME,
+                    HeaderValue::from_str(user).unwrap(),
+                ),
+                (
+                    super::super::headers::X_AUTHENTIK_UID,
+                    HeaderValue::from_str(user).unwrap(),
+                ),
             ],
             jwt_exp: None,
         })
@@ -365,20 +397,35 @@ mod tests {
         let k = key("authentik_proxy_a=1", "app", &s).unwrap();
         let now = Instant::now();
         cache.insert(&k, identity("u"), now);
-        assert_eq!(cache.get(&k, now + Duration::from_secs(11)).0, Lookup::Expired);
+        assert_eq!(
+            cache.get(&k, now + Duration::from_secs(11)).0,
+            Lookup::Expired
+        );
         assert_eq!(cache.get(&k, now).0, Lookup::Miss);
     }
 
     #[test]
     fn jwt_exp_caps_ttl_and_expired_tokens_are_not_stored() {
         let cache = Cache::new(10, Duration::from_secs(10));
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-        let soon = Identity { headers: vec![], jwt_exp: Some(now + 3) };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let soon = Identity {
+            headers: vec![],
+            jwt_exp: Some(now + 3),
+        };
         let ttl = cache.ttl_for(&soon).unwrap();
         assert!(ttl <= Duration::from_secs(3) && ttl >= Duration::from_secs(2));
-        let past = Identity { headers: vec![], jwt_exp: Some(now - 1) };
+        let past = Identity {
+            headers: vec![],
+            jwt_exp: Some(now - 1),
+        };
         assert_eq!(cache.ttl_for(&past), None);
-        let far = Identity { headers: vec![], jwt_exp: Some(now + 3600) };
+        let far = Identity {
+            headers: vec![],
+            jwt_exp: Some(now + 3600),
+        };
         assert_eq!(cache.ttl_for(&far), Some(Duration::from_secs(10)));
     }
 }

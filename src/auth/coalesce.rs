@@ -43,7 +43,11 @@ impl Inflight {
     pub fn join(&self, key: &CacheKey) -> Role<'_> {
         let Ok(mut calls) = self.calls.lock() else {
             let (tx, _rx) = watch::channel(None);
-            return Role::Leader(Leader { inflight: self, key: key.clone(), tx });
+            return Role::Leader(Leader {
+                inflight: self,
+                key: key.clone(),
+                tx,
+            });
         };
         if let Some(rx) = calls.get(key) {
             if rx.has_changed().is_ok() {
@@ -52,7 +56,11 @@ impl Inflight {
         }
         let (tx, rx) = watch::channel(None);
         calls.insert(key.clone(), rx);
-        Role::Leader(Leader { inflight: self, key: key.clone(), tx })
+        Role::Leader(Leader {
+            inflight: self,
+            key: key.clone(),
+            tx,
+        })
     }
 
     /// Calls in flight (tests).
@@ -77,7 +85,10 @@ impl Leader<'_> {
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
         if let Ok(mut calls) = self.inflight.calls.lock() {
-            if calls.get(&self.key).is_some_and(|rx| rx.same_channel(&self.tx.subscribe())) {
+            if calls
+                .get(&self.key)
+                .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+            {
                 calls.remove(&self.key);
             }
         }

@@ -143,7 +143,12 @@ mod tests {
         ] {
             assert!(is_authentik_family(name), "{name}");
         }
-        for name in ["x-authentik", "x-authenticity", "authentik-username", "x-auth"] {
+        for name in [
+            "x-authentik",
+            "x-authenticity",
+            "authentik-username",
+            "x-auth",
+        ] {
             assert!(!is_authentik_family(name), "{name}");
         }
     }
@@ -159,17 +164,26 @@ mod tests {
             "x.forwarded.host",
             "x-authentik-jwt",
         ] {
-            assert!(is_spoofable(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
+            assert!(
+                is_spoofable(&HeaderName::from_bytes(name.as_bytes()).unwrap()),
+                "{name}"
+            );
         }
         for name in ["x-forwarded-proto", "cookie", "authorization", "user-agent"] {
-            assert!(!is_spoofable(&HeaderName::from_bytes(name.as_bytes()).unwrap()), "{name}");
+            assert!(
+                !is_spoofable(&HeaderName::from_bytes(name.as_bytes()).unwrap()),
+                "{name}"
+            );
         }
     }
 
     #[test]
     fn connection_listed_headers_are_stripped() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-forwarded-for"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-forwarded-for"),
+        );
         h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("cookie", HeaderValue::from_static("a=b"));

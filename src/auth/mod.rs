@@ -43,7 +43,13 @@ pub struct Answer {
 }
 
 /// Answers one forward-auth check.
-pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: IpAddr, tls: bool) -> Answer {
+pub async fn check(
+    app: &App,
+    endpoint: Endpoint,
+    parts: &Parts,
+    peer: IpAddr,
+    tls: bool,
+) -> Answer {
     let rt = app.runtime();
     let caller = Caller::new(parts, peer, &rt.config.server.trusted_proxies, tls);
     let forwarded = forwarded_url(endpoint, &caller);
@@ -90,7 +96,11 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: IpAddr, t
             decision: Decision::Anonymous,
             outpost_seconds: seconds,
         },
-        Outcome::Deny(r) => Answer { response: relay(&r), decision: Decision::Deny, outpost_seconds: seconds },
+        Outcome::Deny(r) => Answer {
+            response: relay(&r),
+            decision: Decision::Deny,
+            outpost_seconds: seconds,
+        },
         Outcome::Unavailable(f) => fallback(app, &rt, &caller, f, seconds).await,
     }
 }
@@ -98,7 +108,10 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: IpAddr, t
 /// The URL of the protected request as the outpost will read it, for the signature checks.
 fn forwarded_url(endpoint: Endpoint, caller: &Caller<'_>) -> HeaderValue {
     match endpoint {
-        Endpoint::Nginx => caller.original_url().cloned().unwrap_or_else(|| caller.uri()),
+        Endpoint::Nginx => caller
+            .original_url()
+            .cloned()
+            .unwrap_or_else(|| caller.uri()),
         Endpoint::Envoy => caller
             .parts
             .uri
@@ -114,7 +127,9 @@ async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -
     let req = outpost::build_request(&rt.client, endpoint, caller);
     let started = StdInstant::now();
     let outcome = outpost::exchange(&rt.client, req, rt.client.timeout()).await;
-    app.metrics.outpost_duration.observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .outpost_duration
+        .observe(started.elapsed().as_secs_f64());
     match &outcome {
         Outcome::Unavailable(f) => {
             let status = match f {
@@ -122,7 +137,11 @@ async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -
                 _ => None,
             };
             app.metrics.outpost_response(status);
-            tracing::warn!(endpoint = endpoint.as_str(), reason = f.as_str(), "outpost unavailable");
+            tracing::warn!(
+                endpoint = endpoint.as_str(),
+                reason = f.as_str(),
+                "outpost unavailable"
+            );
             let t = rt.breaker.record_failure(*f == Failure::Refused);
             app.breaker_transition(t, f.as_str());
         }
@@ -149,7 +168,11 @@ async fn led(
 ) -> Outcome {
     let outcome = ask(app, rt, endpoint, caller).await;
     if let (Outcome::Allow(a), Some(key)) = (&outcome, key) {
-        if rt.cache.enabled() && rt.cache.insert(key, a.identity.clone(), tokio::time::Instant::now()) {
+        if rt.cache.enabled()
+            && rt
+                .cache
+                .insert(key, a.identity.clone(), tokio::time::Instant::now())
+        {
             app.metrics.cache_entries.set(rt.cache.len() as i64);
         }
     }
@@ -192,7 +215,11 @@ async fn fallback(
             } else {
                 ProxyError::OutpostProtocol
             };
-            return Answer { response: err.response(), decision: Decision::Error, outpost_seconds };
+            return Answer {
+                response: err.response(),
+                decision: Decision::Error,
+                outpost_seconds,
+            };
         }
     };
     let client = caller.client_ip(&rt.config.server.trusted_proxies);
@@ -210,11 +237,19 @@ async fn fallback(
         ),
     };
     app.metrics.fallback_attempt(attempt).inc();
-    Answer { response, decision, outpost_seconds }
+    Answer {
+        response,
+        decision,
+        outpost_seconds,
+    }
 }
 
 /// 200 with the identity (fresh or cached), this answer's extras, and the caller's User-Agent.
-fn allow_response(identity: &Identity, extra: &[(http::HeaderName, HeaderValue)], caller: &Caller<'_>) -> Response<Body> {
+fn allow_response(
+    identity: &Identity,
+    extra: &[(http::HeaderName, HeaderValue)],
+    caller: &Caller<'_>,
+) -> Response<Body> {
     let mut resp = Response::new(Body::Empty);
     let h = resp.headers_mut();
     h.reserve(identity.headers.len() + extra.len() + 2);
@@ -233,7 +268,11 @@ fn allow_response(identity: &Identity, extra: &[(http::HeaderName, HeaderValue)]
 
 /// An outpost answer relayed as is: status, every header (every `Set-Cookie`), body.
 fn relay(r: &Relayed) -> Response<Body> {
-    let mut resp = Response::new(if r.body.is_empty() { Body::Empty } else { Body::full(r.body.clone()) });
+    let mut resp = Response::new(if r.body.is_empty() {
+        Body::Empty
+    } else {
+        Body::full(r.body.clone())
+    });
     *resp.status_mut() = r.status;
     *resp.headers_mut() = r.headers.clone();
     resp
@@ -264,6 +303,9 @@ fn fallback_deny(realm: &str) -> Response<Body> {
         h.insert(http::header::WWW_AUTHENTICATE, v);
     }
     h.insert(X_AUTH_FALLBACK, headers::TRUE);
-    h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }

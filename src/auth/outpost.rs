@@ -115,12 +115,16 @@ pub fn auth_path(endpoint: Endpoint, caller: &Caller<'_>) -> PathAndQuery {
     match endpoint {
         Endpoint::Nginx => PathAndQuery::from_static("/outpost.goauthentik.io/auth/nginx"),
         Endpoint::Caddy => PathAndQuery::from_static("/outpost.goauthentik.io/auth/caddy"),
-        Endpoint::Envoy => caller
-            .parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or(PathAndQuery::from_static("/outpost.goauthentik.io/auth/envoy")),
+        Endpoint::Envoy => {
+            caller
+                .parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or(PathAndQuery::from_static(
+                    "/outpost.goauthentik.io/auth/envoy",
+                ))
+        }
         _ => PathAndQuery::from_static("/outpost.goauthentik.io/auth/traefik"),
     }
 }
@@ -170,7 +174,10 @@ fn joined_cookies(caller: &Caller<'_>) -> Option<HeaderValue> {
         return Some(first.clone());
     };
     let mut buf = Vec::with_capacity(first.len() + second.len() + 64);
-    for v in std::iter::once(first).chain(std::iter::once(second)).chain(all) {
+    for v in std::iter::once(first)
+        .chain(std::iter::once(second))
+        .chain(all)
+    {
         if !buf.is_empty() {
             buf.extend_from_slice(b"; ");
         }
@@ -199,7 +206,11 @@ async fn send_and_read(client: &OutpostClient, req: Request<Body>) -> Outcome {
     // pooled connection is clean (security rule 5).
     let body = match Limited::new(body, AUTH_BODY_LIMIT).collect().await {
         Ok(collected) => collected.to_bytes(),
-        Err(err) if err.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+        Err(err)
+            if err
+                .downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
             return Outcome::Unavailable(Failure::Protocol)
         }
         Err(_) => return Outcome::Unavailable(Failure::Exchange),
@@ -224,10 +235,18 @@ pub fn classify(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Outc
                     headers.insert(name, headers::EMPTY);
                 }
                 headers.retain_family_canonical();
-                Outcome::Anonymous(Arc::new(Relayed { status, headers, body }))
+                Outcome::Anonymous(Arc::new(Relayed {
+                    status,
+                    headers,
+                    body,
+                }))
             }
         }
-        _ => Outcome::Deny(Arc::new(Relayed { status, headers, body })),
+        _ => Outcome::Deny(Arc::new(Relayed {
+            status,
+            headers,
+            body,
+        })),
     }
 }
 
@@ -261,7 +280,13 @@ fn allowed(mut headers: HeaderMap) -> Allowed {
             ExtraKind::Drop => {}
         }
     }
-    Allowed { identity: Arc::new(Identity { headers: identity, jwt_exp }), extra }
+    Allowed {
+        identity: Arc::new(Identity {
+            headers: identity,
+            jwt_exp,
+        }),
+        extra,
+    }
 }
 
 enum ExtraKind {
@@ -278,7 +303,12 @@ fn sort_extra(name: &HeaderName) -> ExtraKind {
     }
     match s {
         "set-cookie" | "x-powered-by" | "vary" => ExtraKind::ThisAnswer,
-        "user-agent" | "location" | "date" | "server" | "content-type" | "content-encoding"
+        "user-agent"
+        | "location"
+        | "date"
+        | "server"
+        | "content-type"
+        | "content-encoding"
         | "x-content-type-options" => ExtraKind::Drop,
         _ => ExtraKind::Identity,
     }
@@ -299,7 +329,10 @@ pub fn jwt_exp(token: &[u8]) -> Option<u64> {
         exp: Option<f64>,
     }
     let claims: Claims = serde_json::from_slice(&json).ok()?;
-    claims.exp.filter(|e| e.is_finite() && *e >= 0.0).map(|e| e as u64)
+    claims
+        .exp
+        .filter(|e| e.is_finite() && *e >= 0.0)
+        .map(|e| e as u64)
 }
 
 /// Removing non-canonical identity spellings from a relayed header map.
@@ -311,7 +344,9 @@ impl RetainFamily for HeaderMap {
     fn retain_family_canonical(&mut self) {
         let odd: Vec<HeaderName> = self
             .keys()
-            .filter(|n| headers::is_authentik_family(n.as_str()) && !n.as_str().starts_with("x-authentik-"))
+            .filter(|n| {
+                headers::is_authentik_family(n.as_str()) && !n.as_str().starts_with("x-authentik-")
+            })
             .cloned()
             .collect();
         for n in odd {
@@ -327,7 +362,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -335,11 +373,19 @@ mod tests {
     #[test]
     fn bad_gateway_statuses_are_unavailable_but_500_is_an_answer() {
         for code in [502, 503, 504] {
-            let o = classify(StatusCode::from_u16(code).unwrap(), HeaderMap::new(), Bytes::new());
+            let o = classify(
+                StatusCode::from_u16(code).unwrap(),
+                HeaderMap::new(),
+                Bytes::new(),
+            );
             assert!(matches!(o, Outcome::Unavailable(Failure::Status(c)) if c == code));
         }
         for code in [302, 400, 401, 403, 404, 500] {
-            let o = classify(StatusCode::from_u16(code).unwrap(), HeaderMap::new(), Bytes::new());
+            let o = classify(
+                StatusCode::from_u16(code).unwrap(),
+                HeaderMap::new(),
+                Bytes::new(),
+            );
             assert!(matches!(o, Outcome::Deny(_)), "{code}");
         }
     }
@@ -348,10 +394,16 @@ mod tests {
     fn allow_needs_a_username_and_fills_all_twelve() {
         let o = classify(
             StatusCode::OK,
-            map(&[("x-authentik-username", "alice"), ("set-cookie", "a=b"), ("x-custom", "1")]),
+            map(&[
+                ("x-authentik-username", "alice"),
+                ("set-cookie", "a=b"),
+                ("x-custom", "1"),
+            ]),
             Bytes::new(),
         );
-        let Outcome::Allow(a) = o else { panic!("not an allow") };
+        let Outcome::Allow(a) = o else {
+            panic!("not an allow")
+        };
         let names: Vec<&str> = a.identity.headers.iter().map(|(n, _)| n.as_str()).collect();
         for name in IDENTITY {
             assert!(names.contains(&name.as_str()), "{name}");
@@ -359,14 +411,19 @@ mod tests {
         assert!(names.contains(&"x-custom"));
         assert!(!names.contains(&"set-cookie"));
         assert_eq!(a.extra.len(), 1);
-        let anon = classify(StatusCode::OK, map(&[("x-authentik-username", "")]), Bytes::new());
+        let anon = classify(
+            StatusCode::OK,
+            map(&[("x-authentik-username", "")]),
+            Bytes::new(),
+        );
         assert!(matches!(anon, Outcome::Anonymous(_)));
     }
 
     #[test]
     fn jwt_exp_is_read_without_verification() {
         use base64::Engine;
-        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"exp":1900000000,"sub":"x"}"#);
+        let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(br#"{"exp":1900000000,"sub":"x"}"#);
         let token = format!("e30.{payload}.sig");
         assert_eq!(jwt_exp(token.as_bytes()), Some(1_900_000_000));
         assert_eq!(jwt_exp(b"not-a-jwt"), None);

@@ -38,7 +38,12 @@ impl<'a> Caller<'a> {
     /// Wraps a request head, deciding trust from the peer address.
     pub fn new(parts: &'a Parts, peer: IpAddr, trusted_proxies: &[IpNet], tls: bool) -> Self {
         let trusted = is_trusted(peer, trusted_proxies);
-        Caller { parts, peer, trusted, tls }
+        Caller {
+            parts,
+            peer,
+            trusted,
+            tls,
+        }
     }
 
     fn header(&self, name: &http::HeaderName) -> Option<&'a HeaderValue> {
@@ -108,7 +113,9 @@ impl<'a> Caller<'a> {
     /// The client address for rate limiting: the right-most untrusted address of a trusted
     /// `X-Forwarded-For` chain, else the peer.
     pub fn client_ip(&self, trusted_proxies: &[IpNet]) -> IpAddr {
-        let Some(chain) = self.trusted_header(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())
+        let Some(chain) = self
+            .trusted_header(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
         else {
             return self.peer;
         };
@@ -171,7 +178,8 @@ pub fn has_outpost_signature(url: &[u8]) -> bool {
 /// signature).
 pub fn is_sign_out(url: &[u8]) -> bool {
     let decoded = percent_decode_lower(url);
-    contains(&decoded, b"/outpost.goauthentik.io/sign_out") || contains(&decoded, b"x-authentik-logout")
+    contains(&decoded, b"/outpost.goauthentik.io/sign_out")
+        || contains(&decoded, b"x-authentik-logout")
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
@@ -237,14 +245,19 @@ mod tests {
         let p = parts(&[("x-forwarded-for", "203.0.113.9, 198.51.100.7, 10.0.0.3")]);
         let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
-        assert_eq!(c.client_ip(&nets), "198.51.100.7".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            c.client_ip(&nets),
+            "198.51.100.7".parse::<IpAddr>().unwrap()
+        );
         let u = Caller::new(&p, "192.0.2.1".parse().unwrap(), &nets, false);
         assert_eq!(u.client_ip(&nets), "192.0.2.1".parse::<IpAddr>().unwrap());
     }
 
     #[test]
     fn signatures_are_found_in_any_spelling() {
-        assert!(has_outpost_signature(b"/x?X-authentik-auth-callback=true&code=1"));
+        assert!(has_outpost_signature(
+            b"/x?X-authentik-auth-callback=true&code=1"
+        ));
         assert!(has_outpost_signature(b"/x?a=1&x-AUTHENTIK-logout=true"));
         assert!(has_outpost_signature(b"/x?X%2Dauthentik%2Dlogout=true"));
         assert!(!has_outpost_signature(b"/X-authentik-logout/page"));

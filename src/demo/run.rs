@@ -20,7 +20,10 @@ const FALLBACK_PASSWORD: &str = "emergency";
 
 /// Runs the demo until Ctrl-C (or, with `self_test`, runs the checks and exits).
 pub fn main(listen: SocketAddr, self_test: bool) -> ExitCode {
-    crate::cli::init_logging(&LogConfig { level: "info".into(), format: LogFormat::Text });
+    crate::cli::init_logging(&LogConfig {
+        level: "info".into(),
+        format: LogFormat::Text,
+    });
     let runtime = match crate::cli::tokio_runtime(0) {
         Ok(rt) => rt,
         Err(err) => {
@@ -42,7 +45,10 @@ async fn run(listen: SocketAddr, self_test: bool) -> Result<(), Box<dyn std::err
     let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let htpasswd = dir.join("htpasswd");
-    let line = format!("{FALLBACK_USER}:{}\n", crate::auth::htpasswd::hash_password(FALLBACK_PASSWORD)?);
+    let line = format!(
+        "{FALLBACK_USER}:{}\n",
+        crate::auth::htpasswd::hash_password(FALLBACK_PASSWORD)?
+    );
     std::fs::write(&htpasswd, line)?;
     let mut config = Config::default();
     config.server.listen = listen;
@@ -76,7 +82,13 @@ async fn run(listen: SocketAddr, self_test: bool) -> Result<(), Box<dyn std::err
     outcome
 }
 
-fn print_guide(proxy: SocketAddr, admin: SocketAddr, control: SocketAddr, outpost: &FakeOutpost, cookie: &str) {
+fn print_guide(
+    proxy: SocketAddr,
+    admin: SocketAddr,
+    control: SocketAddr,
+    outpost: &FakeOutpost,
+    cookie: &str,
+) {
     let fa = format!("http://{proxy}/outpost.goauthentik.io/auth/traefik");
     let tf = "-H 'X-Forwarded-Proto: https' -H 'X-Forwarded-Host: app.example' -H 'X-Forwarded-Uri: /dashboard'";
     println!(

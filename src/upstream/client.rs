@@ -82,7 +82,10 @@ impl OutpostClient {
         http.set_connect_timeout(Some(cfg.connect_timeout));
         http.set_nodelay(true);
         http.enforce_http(true);
-        let connector = CountingConnector { inner: http, opened };
+        let connector = CountingConnector {
+            inner: http,
+            opened,
+        };
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(cfg.pool_max_idle)
             .pool_idle_timeout(cfg.pool_idle_timeout)
@@ -95,7 +98,12 @@ impl OutpostClient {
             .authority()
             .cloned()
             .unwrap_or(Authority::from_static("127.0.0.1"));
-        OutpostClient { client, scheme, authority, timeout: cfg.timeout }
+        OutpostClient {
+            client,
+            scheme,
+            authority,
+            timeout: cfg.timeout,
+        }
     }
 
     /// The outpost URL for a path (and query).

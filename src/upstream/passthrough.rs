@@ -13,8 +13,7 @@ use hyper::body::Incoming;
 
 use crate::app::Runtime;
 use crate::auth::headers::{
-    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_PROTO,
-    X_FORWARDED_URI,
+    self, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_PROTO, X_FORWARDED_URI,
 };
 use crate::auth::outpost::Failure;
 use crate::auth::request::Caller;
@@ -36,8 +35,12 @@ pub async fn forward(
     let req = build(rt, parts, body, peer, tls);
     let resp = match tokio::time::timeout(rt.client.timeout(), rt.client.send(req)).await {
         Err(_) => return Err(ProxyError::PassthroughFailed(Failure::Timeout)),
-        Ok(Err(ClientError::Refused(_))) => return Err(ProxyError::PassthroughFailed(Failure::Refused)),
-        Ok(Err(ClientError::Connect(_))) => return Err(ProxyError::PassthroughFailed(Failure::Connect)),
+        Ok(Err(ClientError::Refused(_))) => {
+            return Err(ProxyError::PassthroughFailed(Failure::Refused))
+        }
+        Ok(Err(ClientError::Connect(_))) => {
+            return Err(ProxyError::PassthroughFailed(Failure::Connect))
+        }
         Ok(Err(_)) => return Err(ProxyError::PassthroughFailed(Failure::Exchange)),
         Ok(Ok(resp)) => resp,
     };
@@ -46,10 +49,22 @@ pub async fn forward(
     Ok(Response::from_parts(parts, Body::Stream(body)))
 }
 
-fn build(rt: &Runtime, mut parts: Parts, body: Incoming, peer: IpAddr, tls: bool) -> http::Request<Body> {
+fn build(
+    rt: &Runtime,
+    mut parts: Parts,
+    body: Incoming,
+    peer: IpAddr,
+    tls: bool,
+) -> http::Request<Body> {
     let (host, proto, uri, method, xff) = {
         let caller = Caller::new(&parts, peer, &rt.config.server.trusted_proxies, tls);
-        (caller.host(), caller.proto(), caller.uri(), caller.method(), caller.forwarded_for())
+        (
+            caller.host(),
+            caller.proto(),
+            caller.uri(),
+            caller.method(),
+            caller.forwarded_for(),
+        )
     };
     let path = parts
         .uri
