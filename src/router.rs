@@ -70,6 +70,7 @@ fn is_ambiguous(rest: &str) -> bool {
         || lower.contains("%5c")
         || path.contains('\\')
         || path.contains("//")
+        || path.starts_with('/')
 }
 
 /// Handles one request on the main listener.

@@ -29,7 +29,7 @@ const AUTH_MARK: u8 = 1;
 /// The full key: `generation | host \0 (name=value \0)* \1 authorization`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
-    bytes: Box<[u8]>,
+    bytes: Vec<u8>,
     hash: u64,
 }
 
@@ -66,31 +66,28 @@ impl CacheKey {
             return None;
         }
         let hash = hasher.hash_one(&bytes);
-        Some(CacheKey {
-            bytes: bytes.into_boxed_slice(),
-            hash,
-        })
+        Some(CacheKey { bytes, hash })
     }
 
     /// The 64-bit index hash.
     pub fn hash(&self) -> u64 {
         self.hash
     }
+}
 
-    /// Whether this key holds any of `cred`'s credentials (a session cookie or the
-    /// `Authorization` value), on any host.
-    fn shares_credential(&self, cred: &Credentials) -> bool {
-        let Some(mark) = self.bytes.iter().rposition(|&b| b == AUTH_MARK) else {
-            return false;
-        };
-        let (cookies, auth) = (&self.bytes[..mark], &self.bytes[mark + 1..]);
-        if !auth.is_empty() && cred.authorization.as_deref() == Some(auth) {
-            return true;
-        }
-        cred.cookies
-            .iter()
-            .any(|c| cookies.windows(c.len()).any(|w| w == c.as_slice()))
+/// Whether the key bytes `key` hold any of `cred`'s credentials (a session cookie or the
+/// `Authorization` value), on any host.
+fn shares_credential(key: &[u8], cred: &Credentials) -> bool {
+    let Some(mark) = key.iter().rposition(|&b| b == AUTH_MARK) else {
+        return false;
+    };
+    let (cookies, auth) = (&key[..mark], &key[mark + 1..]);
+    if !auth.is_empty() && cred.authorization.as_deref() == Some(auth) {
+        return true;
     }
+    cred.cookies
+        .iter()
+        .any(|c| cookies.windows(c.len()).any(|w| w == c.as_slice()))
 }
 
 /// `authentik_proxy_*` pairs of one `Cookie` header value (RFC 6265 section 4.2.1 syntax:
@@ -200,7 +197,7 @@ impl Cache {
             return false;
         };
         let entry = Entry {
-            key: key.bytes.clone(),
+            key: key.bytes.as_slice().into(),
             identity,
             expires: now + ttl,
         };
@@ -231,11 +228,7 @@ impl Cache {
         }
         let mut uids = Vec::new();
         let mut removed = self.remove_where(|e| {
-            let hit = CacheKey {
-                bytes: e.key.clone(),
-                hash: 0,
-            }
-            .shares_credential(cred);
+            let hit = shares_credential(&e.key, cred);
             if hit {
                 uids.push(uid_of(&e.identity));
             }

@@ -170,20 +170,34 @@ pub fn has_outpost_signature(url: &[u8]) -> bool {
     let Some(q) = url.iter().position(|&b| b == b'?') else {
         return false;
     };
-    let decoded = percent_decode_lower(&url[q + 1..]);
-    contains(&decoded, b"x-authentik-auth-callback") || contains(&decoded, b"x-authentik-logout")
+    contains_folded(
+        &url[q + 1..],
+        &[b"x-authentik-auth-callback", b"x-authentik-logout"],
+    )
 }
 
 /// Whether a forwarded URL is a sign-out (path `/outpost.goauthentik.io/sign_out` or the logout
 /// signature).
 pub fn is_sign_out(url: &[u8]) -> bool {
-    let decoded = percent_decode_lower(url);
-    contains(&decoded, b"/outpost.goauthentik.io/sign_out")
-        || contains(&decoded, b"x-authentik-logout")
+    contains_folded(
+        url,
+        &[b"/outpost.goauthentik.io/sign_out", b"x-authentik-logout"],
+    )
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+/// Whether `hay`, lower-cased and percent-decoded, contains one of the lower-case `needles`.
+/// Decoding (an allocation) happens only when `hay` holds an escape, which the hot path's
+/// ordinary URLs do not.
+fn contains_folded(hay: &[u8], needles: &[&[u8]]) -> bool {
+    if hay.contains(&b'%') {
+        let decoded = percent_decode_lower(hay);
+        return needles
+            .iter()
+            .any(|n| decoded.windows(n.len()).any(|w| w == *n));
+    }
+    needles
+        .iter()
+        .any(|n| hay.windows(n.len()).any(|w| w.eq_ignore_ascii_case(n)))
 }
 
 /// Lower-cased, percent-decoded copy (`+` left as is; a bad escape is kept verbatim).
