@@ -13,25 +13,33 @@ use crate::config::{Config, LogConfig, LogFormat};
 use crate::metrics::Metrics;
 use crate::server::{self, Listeners};
 
-/// Checks the files a config names (the htpasswd file) the way `serve` would load them.
+/// Checks the files a config names (the htpasswd file) the way `serve` would load them, and
+/// words a problem like a config problem: `FILE:LINE: KEY: problem`.
 pub fn check_files(config: &Config) -> Result<(), String> {
+    use crate::auth::htpasswd::HtpasswdError;
     if !config.fallback.enabled {
         return Ok(());
     }
-    Realm::load(&config.fallback).map(|_| ()).map_err(|err| {
-        format!(
-            "{}: fallback.htpasswd_file: {err}",
-            config.fallback.htpasswd_file.display()
-        )
+    let file = config.fallback.htpasswd_file.display();
+    Realm::load(&config.fallback).map(|_| ()).map_err(|err| match err {
+        HtpasswdError::Malformed { line, reason } => {
+            format!("{file}:{line}: fallback.htpasswd_file: {reason}")
+        }
+        HtpasswdError::Io { source, .. } => {
+            format!("{file}:1: fallback.htpasswd_file: cannot read: {source}")
+        }
+        other => format!("{file}:1: fallback.htpasswd_file: {other}"),
     })
 }
 
 /// Installs the tracing subscriber from `[log]`.
 pub fn init_logging(log: &LogConfig) {
     let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes in journald or `kubectl logs` are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = match log.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),

@@ -33,6 +33,9 @@ pub enum ProxyError {
     /// No route.
     #[error("not found")]
     NotFound,
+    /// The request head is larger than `server.max_header_bytes`.
+    #[error("request header fields too large")]
+    HeadTooLarge,
 }
 
 impl ProxyError {
@@ -47,6 +50,7 @@ impl ProxyError {
             ProxyError::PassthroughFailed(_) => StatusCode::BAD_GATEWAY,
             ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
         }
     }
 
@@ -62,9 +66,16 @@ impl ProxyError {
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        if let ProxyError::FallbackLimited(after) = self {
-            h.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
-            h.insert(X_AUTH_FALLBACK, TRUE);
+        match self {
+            ProxyError::FallbackLimited(after) => {
+                h.insert(RETRY_AFTER, HeaderValue::from(after.as_secs().max(1)));
+                h.insert(X_AUTH_FALLBACK, TRUE);
+            }
+            // The rest of an oversized head may still be on the wire: do not read it as a request.
+            ProxyError::HeadTooLarge => {
+                h.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         resp
     }
@@ -85,6 +96,7 @@ mod tests {
             (ProxyError::PassthroughFailed(Failure::Refused), 502),
             (ProxyError::BadPath, 400),
             (ProxyError::NotFound, 404),
+            (ProxyError::HeadTooLarge, 431),
         ];
         for (err, code) in table {
             assert_eq!(err.response().status().as_u16(), code, "{err}");

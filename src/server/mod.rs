@@ -136,9 +136,15 @@ async fn connection(
         // hyper answers 431 when the head outgrows this buffer.
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
+    // hyper checks its buffer only between reads, so a head up to about twice `max_buf_size`
+    // can parse; the exact bound of `server.max_header_bytes` is enforced here.
+    let max_head = cfg.max_header_bytes;
     let service = service_fn(move |req| {
         let app = app.clone();
         async move {
+            if head_len(&req) > max_head {
+                return Ok::<_, Infallible>(crate::error::ProxyError::HeadTooLarge.response());
+            }
             Ok::<_, Infallible>(match kind {
                 Kind::Main => router::handle(app, req, peer, false).await,
                 Kind::Admin => admin::handle(&app, &req),
@@ -159,4 +165,20 @@ async fn connection(
         tracing::debug!(error = %err, %peer, "connection ended with an error");
     }
     drop(alive);
+}
+
+/// The size of a request head as sent on the wire (request line, header lines, blank line).
+fn head_len(req: &http::Request<hyper::body::Incoming>) -> usize {
+    let uri = req.uri();
+    let target = uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path_and_query().map_or(1, |p| p.as_str().len());
+    // "METHOD SP target SP HTTP/1.1 CRLF" ... "CRLF"
+    let line = req.method().as_str().len() + 1 + target + 11;
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + headers + 2
 }
