@@ -14,6 +14,9 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
         "/healthz" => router::health(),
         "/readyz" => readyz(app),
         "/metrics" => {
+            // Counted at scrape time: no shard walk on the request path.
+            let entries = app.runtime().cache.live_len(tokio::time::Instant::now());
+            app.metrics.cache_entries.set(entries as i64);
             let mut resp = Response::new(Body::full(app.metrics.render()));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

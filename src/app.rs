@@ -16,6 +16,7 @@ use crate::auth::cache::Cache;
 use crate::auth::coalesce::Inflight;
 use crate::auth::fallback::{HtpasswdError, Realm};
 use crate::config::Config;
+use crate::edge::Edge;
 use crate::metrics::Metrics;
 use crate::upstream::breaker::{Breaker, Transition};
 use crate::upstream::client::OutpostClient;
@@ -35,6 +36,8 @@ pub struct Runtime {
     pub realm: Option<Arc<Realm>>,
     /// The positive-decision cache.
     pub cache: Arc<Cache>,
+    /// Edge routes and backend pools; `None` without `[edge]`.
+    pub edge: Option<Arc<Edge>>,
 }
 
 /// Process-wide state.
@@ -98,10 +101,10 @@ impl App {
             config.server.listen = old.config.server.listen;
             config.server.admin_listen = old.config.server.admin_listen;
         }
+        keep_edge_listeners(&mut config, &old.config);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let next = build_runtime(config, generation, Some(&old), &self.metrics)?;
         old.cache.clear();
-        self.metrics.cache_entries.set(next.cache.len() as i64);
         self.runtime.store(Arc::new(next));
         Ok(())
     }
@@ -140,6 +143,25 @@ impl App {
     }
 }
 
+/// Edge listeners and certificates are bound and loaded once: a reload keeps them (routes apply).
+fn keep_edge_listeners(config: &mut Config, old: &Config) {
+    let (Some(new), Some(old)) = (config.edge.as_mut(), old.edge.as_ref()) else {
+        return;
+    };
+    if new.listen_https != old.listen_https
+        || new.listen_http != old.listen_http
+        || new.certs != old.certs
+    {
+        tracing::warn!(
+            "edge.listen_https / edge.listen_http / edge.cert changed: a restart is needed; \
+             keeping the current listeners and certificates"
+        );
+        new.listen_https = old.listen_https;
+        new.listen_http = old.listen_http;
+        new.certs.clone_from(&old.certs);
+    }
+}
+
 fn build_runtime(
     config: Config,
     generation: u64,
@@ -170,6 +192,11 @@ fn build_runtime(
     };
     breaker.set_trip_after(config.fallback.trip_after);
     let cache = Arc::new(Cache::new(config.cache.capacity, config.cache.ttl));
+    let old_edge = old.and_then(|o| o.edge.as_deref());
+    let edge = config
+        .edge
+        .as_ref()
+        .map(|e| Arc::new(Edge::new(e, old_edge)));
     Ok(Runtime {
         config,
         generation,
@@ -177,6 +204,7 @@ fn build_runtime(
         breaker,
         realm,
         cache,
+        edge,
     })
 }
 

@@ -21,15 +21,17 @@ pub fn check_files(config: &Config) -> Result<(), String> {
         return Ok(());
     }
     let file = config.fallback.htpasswd_file.display();
-    Realm::load(&config.fallback).map(|_| ()).map_err(|err| match err {
-        HtpasswdError::Malformed { line, reason } => {
-            format!("{file}:{line}: fallback.htpasswd_file: {reason}")
-        }
-        HtpasswdError::Io { source, .. } => {
-            format!("{file}:1: fallback.htpasswd_file: cannot read: {source}")
-        }
-        other => format!("{file}:1: fallback.htpasswd_file: {other}"),
-    })
+    Realm::load(&config.fallback)
+        .map(|_| ())
+        .map_err(|err| match err {
+            HtpasswdError::Malformed { line, reason } => {
+                format!("{file}:{line}: fallback.htpasswd_file: {reason}")
+            }
+            HtpasswdError::Io { source, .. } => {
+                format!("{file}:1: fallback.htpasswd_file: cannot read: {source}")
+            }
+            other => format!("{file}:1: fallback.htpasswd_file: {other}"),
+        })
 }
 
 /// Installs the tracing subscriber from `[log]`.
@@ -57,6 +59,8 @@ pub fn tokio_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime>
 
 /// `portcullis serve`: bind, build the app, watch for reloads, serve until SIGTERM/SIGINT.
 pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let hup = crate::reload::hangup();
+    let stop = crate::signal::shutdown();
     let listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
         .await
         .map_err(|e| {
@@ -72,8 +76,8 @@ pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::err
         "portcullis serving"
     );
     let app = App::new(config, Metrics::new())?;
-    crate::reload::spawn(app.clone(), path);
-    server::run(app, listeners, crate::signal::shutdown()).await;
+    crate::reload::spawn(app.clone(), path, hup);
+    server::run(app, listeners, stop).await;
     tracing::info!("bye");
     Ok(())
 }

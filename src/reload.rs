@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::app::App;
 use crate::config::Config;
@@ -30,16 +30,22 @@ fn fingerprint(path: &Path) -> Option<Fingerprint> {
     })
 }
 
-/// Watches `path` and SIGHUP for the life of the process.
-pub fn spawn(app: Arc<App>, path: PathBuf) -> tokio::task::JoinHandle<()> {
+/// Installs the SIGHUP handler. Call it before binding, so a SIGHUP sent during start-up is a
+/// reload request rather than the default action (terminate).
+pub fn hangup() -> Option<Signal> {
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGHUP; file changes still reload");
+            None
+        }
+    }
+}
+
+/// Watches `path` and SIGHUP (from [`hangup`]) for the life of the process.
+pub fn spawn(app: Arc<App>, path: PathBuf, hup: Option<Signal>) -> tokio::task::JoinHandle<()> {
+    let mut hup = hup;
     tokio::spawn(async move {
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(s) => Some(s),
-            Err(err) => {
-                tracing::error!(error = %err, "cannot listen for SIGHUP; file changes still reload");
-                None
-            }
-        };
         let mut seen = fingerprint(&path);
         let mut tick = tokio::time::interval(POLL);
         loop {

@@ -109,14 +109,15 @@ pub async fn handle(
     answer.response
 }
 
-async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Answer {
+/// Passes one request to the outpost (edge mode uses it for `/outpost.goauthentik.io/*` on
+/// every host).
+pub(crate) async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Answer {
     let rt = app.runtime();
     let (parts, body) = req.into_parts();
     if parts.uri.path() == "/outpost.goauthentik.io/sign_out" {
         let caller =
             auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
         rt.cache.purge(&auth::cache::Credentials::of(&caller));
-        app.metrics.cache_entries.set(rt.cache.len() as i64);
     }
     let started = Instant::now();
     let result = passthrough::forward(&rt, parts, body, peer.ip(), tls).await;

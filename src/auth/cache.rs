@@ -277,6 +277,17 @@ impl Cache {
             .sum()
     }
 
+    /// Entries whose TTL has not passed at `now` (walks every shard: for scrapes, not requests).
+    pub fn live_len(&self, now: Instant) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .map_or(0, |s| s.iter().filter(|(_, e)| e.expires > now).count())
+            })
+            .sum()
+    }
+
     /// Whether the cache holds nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
