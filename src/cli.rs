@@ -11,11 +11,20 @@ use crate::app::App;
 use crate::auth::fallback::Realm;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::metrics::Metrics;
+use crate::server::tls::EdgeCerts;
 use crate::server::{self, Listeners};
 
 /// Checks the files a config names (the htpasswd file) the way `serve` would load them, and
 /// words a problem like a config problem: `FILE:LINE: KEY: problem`.
 pub fn check_files(config: &Config) -> Result<(), String> {
+    check_htpasswd(config)?;
+    if let Some(edge) = &config.edge {
+        EdgeCerts::load(edge).map_err(|err| err.problem_line())?;
+    }
+    Ok(())
+}
+
+fn check_htpasswd(config: &Config) -> Result<(), String> {
     use crate::auth::htpasswd::HtpasswdError;
     if !config.fallback.enabled {
         return Ok(());
@@ -61,7 +70,7 @@ pub fn tokio_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime>
 pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
     let hup = crate::reload::hangup();
     let stop = crate::signal::shutdown();
-    let listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
+    let mut listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
         .await
         .map_err(|e| {
             format!(
@@ -69,6 +78,13 @@ pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::err
                 config.server.listen, config.server.admin_listen
             )
         })?;
+    if let Some(edge) = &config.edge {
+        listeners
+            .bind_edge(edge)
+            .await
+            .map_err(|e| format!("edge mode cannot start: {}", error_chain(&e)))?;
+        tracing::info!(https = %edge.listen_https, http = ?edge.listen_http, "edge mode");
+    }
     tracing::info!(
         listen = %config.server.listen,
         admin = %config.server.admin_listen,
@@ -80,6 +96,18 @@ pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::err
     server::run(app, listeners, stop).await;
     tracing::info!("bye");
     Ok(())
+}
+
+/// An error and its causes on one line: `a: b: c`.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 /// `portcullis hash-password USER`: reads a password from stdin (one line) and prints `USER:HASH`.

@@ -76,9 +76,12 @@ pub const DEFAULT_FAILURE_WINDOW: Duration = Duration::from_secs(15 * 60);
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// JSON, for log shippers; `text` is for a terminal.
 pub const DEFAULT_LOG_FORMAT: LogFormat = LogFormat::Json;
+/// Default edge HTTPS listener: the standard port on every address.
+pub const DEFAULT_EDGE_LISTEN_HTTPS: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 443));
 
 /// The sections a file may have, in the order DESIGN.md section 6 lists them.
-const SECTIONS: &[&str] = &["server", "outpost", "cache", "fallback", "log"];
+const SECTIONS: &[&str] = &["server", "outpost", "cache", "fallback", "log", "edge"];
 
 /// The whole validated configuration; `Default` is every default, with [`DEFAULT_OUTPOST_URL`].
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -93,6 +96,8 @@ pub struct Config {
     pub fallback: FallbackConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[edge]`: TLS front with host routes; `None` (the default) runs the auth tier only.
+    pub edge: Option<EdgeConfig>,
 }
 
 /// `[server]`: listeners, trust and limits.
@@ -179,6 +184,52 @@ pub struct LogConfig {
     pub level: String,
     /// JSON or text.
     pub format: LogFormat,
+}
+
+/// `[edge]`: the TLS front of DESIGN.md section 5.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EdgeConfig {
+    /// HTTPS listener (HTTP/1.1 and HTTP/2 over TLS).
+    pub listen_https: SocketAddr,
+    /// Plain HTTP listener that only answers 308 to `https://`; `None`: not bound.
+    pub listen_http: Option<SocketAddr>,
+    /// Certificates, at least one; the first is served to clients without SNI.
+    pub certs: Vec<CertConfig>,
+    /// Host routes, at least one; hosts are unique and lower case.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One `[[edge.cert]]`: paths only, the files are read at start-up and watched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+}
+
+/// One `[[edge.route]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteConfig {
+    /// The host this route answers, lower case, without port.
+    pub host: String,
+    /// `http://host:port` of the backend.
+    pub backend: http::Uri,
+    /// Who may pass.
+    pub auth: RouteAuth,
+    /// With [`RouteAuth::LocalOrAuth`]: client addresses that pass without auth.
+    pub local_networks: Vec<IpNet>,
+}
+
+/// `auth` of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteAuth {
+    /// Every request runs the forward-auth pipeline (the default: fail closed).
+    Required,
+    /// No authentication; identity headers are still stripped.
+    None,
+    /// Clients in `local_networks` pass without identity, others as `Required`.
+    LocalOrAuth,
 }
 
 impl Default for ServerConfig {
@@ -308,6 +359,13 @@ impl Config {
             cache: sections::cache(&section(root, &p, "cache"), &mut p),
             fallback: sections::fallback(&section(root, &p, "fallback"), &mut p),
             log: sections::log(&section(root, &p, "log"), &mut p),
+            edge: None,
+        };
+        let config = Config {
+            edge: root
+                .contains_key("edge")
+                .then(|| sections::edge(&section(root, &p, "edge"), &config.server, &mut p)),
+            ..config
         };
         let problems = p.into_sorted();
         if problems.is_empty() {
@@ -349,9 +407,7 @@ fn reject_unknown_sections(root: &Table, p: &mut Problems<'_>) {
             .and_then(|k| k.span())
             .or_else(|| item.span());
         let line = p.line_at(span).unwrap_or(1);
-        let problem = if name == "edge" {
-            "edge mode is not supported by this version".to_owned()
-        } else if !SECTIONS.contains(&name) {
+        let problem = if !SECTIONS.contains(&name) {
             let what = if item.is_table_like() {
                 "section"
             } else {

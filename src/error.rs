@@ -36,6 +36,12 @@ pub enum ProxyError {
     /// The request head is larger than `server.max_header_bytes`.
     #[error("request header fields too large")]
     HeadTooLarge,
+    /// Edge mode: the backend could not be reached or broke the exchange.
+    #[error("backend unavailable")]
+    BackendUnavailable,
+    /// Edge mode: the backend sent no response head in time.
+    #[error("backend did not answer in time")]
+    BackendTimeout,
 }
 
 impl ProxyError {
@@ -51,6 +57,8 @@ impl ProxyError {
             ProxyError::BadPath => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::BackendUnavailable => StatusCode::BAD_GATEWAY,
+            ProxyError::BackendTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
     }
 
@@ -97,6 +105,8 @@ mod tests {
             (ProxyError::BadPath, 400),
             (ProxyError::NotFound, 404),
             (ProxyError::HeadTooLarge, 431),
+            (ProxyError::BackendUnavailable, 502),
+            (ProxyError::BackendTimeout, 504),
         ];
         for (err, code) in table {
             assert_eq!(err.response().status().as_u16(), code, "{err}");

@@ -20,6 +20,7 @@ pub mod body;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod metrics;
 pub mod reload;

@@ -5,6 +5,7 @@
 //! default and carries on: one pass reports every problem in the file. Lines come from the byte
 //! spans `toml_edit::ImDocument` keeps; a missing span falls back to the section's line.
 
+use std::borrow::Cow;
 use std::ops::{Range, RangeInclusive};
 use std::time::Duration;
 
@@ -58,7 +59,7 @@ impl<'t> Problems<'t> {
 
 /// One section (`[server]`, `server = { .. }` or absent) being read.
 pub(super) struct Section<'a> {
-    name: &'static str,
+    name: Cow<'static, str>,
     table: Option<&'a dyn TableLike>,
     line: usize,
 }
@@ -66,8 +67,16 @@ pub(super) struct Section<'a> {
 impl<'a> Section<'a> {
     /// A section named `name`, read from `table` (None: absent, every key takes its default);
     /// `line` is where its header is, used when a problem has no more precise place.
-    pub(super) fn new(name: &'static str, table: Option<&'a dyn TableLike>, line: usize) -> Self {
-        Section { name, table, line }
+    pub(super) fn new(
+        name: impl Into<Cow<'static, str>>,
+        table: Option<&'a dyn TableLike>,
+        line: usize,
+    ) -> Self {
+        Section {
+            name: name.into(),
+            table,
+            line,
+        }
     }
 
     /// The dotted key, e.g. `cache.ttl`.
@@ -193,6 +202,36 @@ impl<'a> Section<'a> {
         });
         if all.is_none() {
             self.fail(p, key, "expected an array of strings");
+        }
+        all
+    }
+
+    /// An array of tables (`[[edge.route]]`, or an array of inline tables), each with the line
+    /// of its header, or a problem.
+    pub(super) fn tables(
+        &self,
+        p: &mut Problems<'_>,
+        key: &str,
+    ) -> Option<Vec<(&'a dyn TableLike, usize)>> {
+        let item = self.item(key)?;
+        let at = |span| p.line_at(span).unwrap_or(self.line);
+        let all: Option<Vec<(&'a dyn TableLike, usize)>> = match item {
+            Item::ArrayOfTables(array) => Some(
+                array
+                    .iter()
+                    .map(|t| (t as &dyn TableLike, at(t.span())))
+                    .collect(),
+            ),
+            Item::Value(v) => v.as_array().and_then(|array| {
+                array
+                    .iter()
+                    .map(|v| Some((v.as_inline_table()? as &dyn TableLike, at(v.span()))))
+                    .collect()
+            }),
+            _ => None,
+        };
+        if all.is_none() {
+            self.fail(p, key, "expected an array of tables");
         }
         all
     }

@@ -11,7 +11,10 @@ use ipnet::IpNet;
 use tracing_subscriber::EnvFilter;
 
 use super::reader::{Problems, Section};
-use super::{CacheConfig, FallbackConfig, LogConfig, LogFormat, OutpostConfig, ServerConfig};
+use super::{
+    CacheConfig, CertConfig, EdgeConfig, FallbackConfig, LogConfig, LogFormat, OutpostConfig,
+    RouteAuth, RouteConfig, ServerConfig,
+};
 
 /// Keys of `[server]`.
 pub(super) const SERVER_KEYS: &[&str] = &[
@@ -48,6 +51,12 @@ pub(super) const FALLBACK_KEYS: &[&str] = &[
 ];
 /// Keys of `[log]`.
 pub(super) const LOG_KEYS: &[&str] = &["level", "format"];
+/// Keys of `[edge]`.
+pub(super) const EDGE_KEYS: &[&str] = &["listen_https", "listen_http", "cert", "route"];
+/// Keys of each `[[edge.cert]]`.
+pub(super) const CERT_KEYS: &[&str] = &["cert", "key"];
+/// Keys of each `[[edge.route]]`.
+pub(super) const ROUTE_KEYS: &[&str] = &["host", "backend", "auth", "local_networks"];
 
 fn set<T>(slot: &mut T, value: Option<T>) {
     if let Some(value) = value {
@@ -61,7 +70,7 @@ pub(super) fn server(s: &Section<'_>, p: &mut Problems<'_>) -> ServerConfig {
     let mut c = ServerConfig::default();
     set(&mut c.listen, socket_addr(s, p, "listen"));
     set(&mut c.admin_listen, socket_addr(s, p, "admin_listen"));
-    set(&mut c.trusted_proxies, trusted_proxies(s, p));
+    set(&mut c.trusted_proxies, networks(s, p, "trusted_proxies"));
     set(
         &mut c.max_header_bytes,
         s.integer(p, "max_header_bytes", 8192..=16_777_216),
@@ -86,10 +95,14 @@ pub(super) fn server(s: &Section<'_>, p: &mut Problems<'_>) -> ServerConfig {
 }
 
 /// Same address, or same port and family with one side on the unspecified address (the
-/// second bind would fail with EADDRINUSE).
+/// second bind would fail with EADDRINUSE). Port 0 asks the kernel for a free port, so two
+/// port-0 listeners never clash.
 fn listeners_clash(a: SocketAddr, b: SocketAddr) -> bool {
+    if a.port() == 0 || b.port() == 0 {
+        return false;
+    }
     let wildcard = a.ip().is_unspecified() || b.ip().is_unspecified();
-    a == b || (a.port() == b.port() && a.port() != 0 && a.is_ipv4() == b.is_ipv4() && wildcard)
+    a == b || (a.port() == b.port() && a.is_ipv4() == b.is_ipv4() && wildcard)
 }
 
 fn socket_addr(s: &Section<'_>, p: &mut Problems<'_>, key: &str) -> Option<SocketAddr> {
@@ -103,8 +116,7 @@ fn socket_addr(s: &Section<'_>, p: &mut Problems<'_>, key: &str) -> Option<Socke
 }
 
 /// Each entry a CIDR or a bare address (a /32 or /128), host bits cleared.
-fn trusted_proxies(s: &Section<'_>, p: &mut Problems<'_>) -> Option<Vec<IpNet>> {
-    let key = "trusted_proxies";
+fn networks(s: &Section<'_>, p: &mut Problems<'_>, key: &str) -> Option<Vec<IpNet>> {
     let mut nets = Vec::new();
     for (text, line) in s.strings(p, key)? {
         let net = text
@@ -284,4 +296,203 @@ pub(super) fn log(s: &Section<'_>, p: &mut Problems<'_>) -> LogConfig {
         None => {}
     }
     c
+}
+
+/// `[edge]`: listeners that clash with none of `server`'s, at least one cert and one route.
+pub(super) fn edge(s: &Section<'_>, server: &ServerConfig, p: &mut Problems<'_>) -> EdgeConfig {
+    s.reject_unknown(p, EDGE_KEYS);
+    let mut c = EdgeConfig {
+        listen_https: super::DEFAULT_EDGE_LISTEN_HTTPS,
+        listen_http: socket_addr(s, p, "listen_http"),
+        certs: Vec::new(),
+        routes: Vec::new(),
+    };
+    set(&mut c.listen_https, socket_addr(s, p, "listen_https"));
+    let mut taken = vec![
+        ("server.listen", server.listen),
+        ("server.admin_listen", server.admin_listen),
+    ];
+    for (key, addr) in [
+        ("listen_https", Some(c.listen_https)),
+        ("listen_http", c.listen_http),
+    ] {
+        let Some(addr) = addr else { continue };
+        if let Some((other, _)) = taken.iter().find(|(_, a)| listeners_clash(*a, addr)) {
+            s.fail(p, key, format!("must differ from {other}"));
+        }
+        taken.push((
+            if key == "listen_https" {
+                "edge.listen_https"
+            } else {
+                "edge.listen_http"
+            },
+            addr,
+        ));
+    }
+    c.certs = each_table(s, p, "cert", cert);
+    c.routes = each_table(s, p, "route", route);
+    duplicate_hosts(s, p);
+    c
+}
+
+/// Reads every table of `edge.<key>` with `read`; at least one must be present and valid.
+fn each_table<T>(
+    s: &Section<'_>,
+    p: &mut Problems<'_>,
+    key: &'static str,
+    read: fn(&Section<'_>, &mut Problems<'_>) -> Option<T>,
+) -> Vec<T> {
+    if !s.has(key) {
+        p.add(
+            s.line(p, key),
+            s.dotted(key),
+            format!("missing (at least one [[edge.{key}]] is required)"),
+        );
+        return Vec::new();
+    }
+    let tables = s.tables(p, key).unwrap_or_default();
+    if tables.is_empty() && s.tables(&mut Problems::new(""), key).is_some() {
+        s.fail(p, key, format!("at least one [[edge.{key}]] is required"));
+    }
+    let mut out = Vec::new();
+    for (i, (table, line)) in tables.into_iter().enumerate() {
+        let item = Section::new(format!("{}[{i}]", s.dotted(key)), Some(table), line);
+        out.extend(read(&item, p));
+    }
+    out
+}
+
+/// Hosts are compared case-insensitively; every repeat is reported at its own line.
+fn duplicate_hosts(s: &Section<'_>, p: &mut Problems<'_>) {
+    let mut scratch = Problems::new("");
+    let tables = s.tables(&mut scratch, "route").unwrap_or_default();
+    let mut seen: Vec<String> = Vec::new();
+    for (i, (table, line)) in tables.into_iter().enumerate() {
+        let Some(host) = table.get("host").and_then(|h| h.as_str()) else {
+            continue;
+        };
+        let host = host.to_ascii_lowercase();
+        if seen.contains(&host) {
+            let route = Section::new(format!("edge.route[{i}]"), Some(table), line);
+            route.fail(p, "host", format!("duplicate host \"{host}\""));
+        }
+        seen.push(host);
+    }
+}
+
+/// One `[[edge.cert]]`: both paths required and non-empty.
+fn cert(s: &Section<'_>, p: &mut Problems<'_>) -> Option<CertConfig> {
+    s.reject_unknown(p, CERT_KEYS);
+    let cert = required_path(s, p, "cert");
+    let key = required_path(s, p, "key");
+    Some(CertConfig {
+        cert: cert?,
+        key: key?,
+    })
+}
+
+fn required_path(s: &Section<'_>, p: &mut Problems<'_>, key: &str) -> Option<PathBuf> {
+    if !s.has(key) {
+        s.fail(p, key, "missing (required)");
+        return None;
+    }
+    let text = s.string(p, key)?;
+    if text.is_empty() {
+        s.fail(p, key, "must not be empty");
+        return None;
+    }
+    Some(PathBuf::from(text))
+}
+
+/// One `[[edge.route]]`.
+fn route(s: &Section<'_>, p: &mut Problems<'_>) -> Option<RouteConfig> {
+    s.reject_unknown(p, ROUTE_KEYS);
+    let host = route_host(s, p);
+    let backend = backend(s, p);
+    let auth = match s.string(p, "auth") {
+        None | Some("required") => Some(RouteAuth::Required),
+        Some("none") => Some(RouteAuth::None),
+        Some("local-or-auth") => Some(RouteAuth::LocalOrAuth),
+        Some(other) => {
+            let problem = format!("\"{other}\" is not \"required\", \"none\" or \"local-or-auth\"");
+            s.fail(p, "auth", problem);
+            None
+        }
+    };
+    let local_networks = match (auth, s.has("local_networks")) {
+        (Some(RouteAuth::LocalOrAuth), false) => {
+            s.fail(
+                p,
+                "local_networks",
+                "missing (required with auth = \"local-or-auth\")",
+            );
+            None
+        }
+        (Some(RouteAuth::LocalOrAuth), true) => networks(s, p, "local_networks"),
+        (Some(_), true) => {
+            s.fail(
+                p,
+                "local_networks",
+                "only allowed with auth = \"local-or-auth\"",
+            );
+            None
+        }
+        _ => Some(Vec::new()),
+    };
+    Some(RouteConfig {
+        host: host?,
+        backend: backend?,
+        auth: auth?,
+        local_networks: local_networks?,
+    })
+}
+
+/// A DNS name (letters, digits, `-`, `.`), stored lower case; no port, no wildcard.
+fn route_host(s: &Section<'_>, p: &mut Problems<'_>) -> Option<String> {
+    if !s.has("host") {
+        s.fail(p, "host", "missing (required)");
+        return None;
+    }
+    let text = s.string(p, "host")?;
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if text.len() > 253 || !text.split('.').all(label_ok) {
+        let problem = format!(
+            "\"{text}\" is not a host name like \"grafana.home.example\" (no port, no wildcard)"
+        );
+        s.fail(p, "host", problem);
+        return None;
+    }
+    Some(text.to_ascii_lowercase())
+}
+
+/// `http://host:port`, the port explicit: a backend is never guessed.
+fn backend(s: &Section<'_>, p: &mut Problems<'_>) -> Option<http::Uri> {
+    if !s.has("backend") {
+        s.fail(p, "backend", "missing (required)");
+        return None;
+    }
+    let text = s.string(p, "backend")?;
+    let checked = if text.starts_with("https:") {
+        Err("https backends are not supported; use http".to_owned())
+    } else {
+        url_problem(text).and_then(|uri| match uri.port_u16() {
+            Some(_) => Ok(uri),
+            None => Err(format!(
+                "\"{text}\" has no port; write it like \"http://10.0.0.5:3000\""
+            )),
+        })
+    };
+    match checked {
+        Ok(uri) => Some(uri),
+        Err(problem) => {
+            s.fail(p, "backend", problem);
+            None
+        }
+    }
 }

@@ -195,12 +195,12 @@ fn unknown_key_is_reported_with_a_suggestion() {
 }
 
 #[test]
-fn unknown_sections_and_edge_are_reported() {
+fn unknown_sections_are_reported() {
     assert_eq!(
-        problems_with("[cahce]\nttl = \"1s\"\n[edge]\nlisten_https = \"0.0.0.0:443\"\n[[edge.route]]\nhost = \"a\"\n"),
+        problems_with("[cahce]\nttl = \"1s\"\n[egde]\n"),
         [
             "f.toml:3: cahce: unknown section; did you mean \"cache\"?",
-            "f.toml:5: edge: edge mode is not supported by this version",
+            "f.toml:5: egde: unknown section; did you mean \"edge\"?",
         ]
     );
     assert_eq!(
@@ -426,4 +426,152 @@ fn dotted_keys_at_top_level_are_read_and_located() {
     );
     let c = Config::from_toml(&format!("cache.ttl = \"1m\"\n{MINIMAL}"), "f").unwrap();
     assert_eq!(c.cache.ttl, Duration::from_secs(60));
+}
+
+/// DESIGN.md section 6's `[edge]`, plus a second route of each other kind.
+const EDGE: &str = r#"[edge]
+listen_https = "0.0.0.0:443"
+listen_http = "0.0.0.0:80"
+[[edge.cert]]
+cert = "/etc/portcullis/tls/home.pem"
+key = "/etc/portcullis/tls/home.key"
+[[edge.route]]
+host = "Grafana.Home.Example"
+backend = "http://10.0.0.5:3000"
+auth = "required"
+[[edge.route]]
+host = "public.home.example"
+backend = "http://10.0.0.6:80"
+auth = "none"
+[[edge.route]]
+host = "nas.home.example"
+backend = "http://10.0.0.7:5000"
+auth = "local-or-auth"
+local_networks = ["192.168.0.0/16", "10.1.2.3"]
+"#;
+
+#[test]
+fn no_edge_section_means_no_edge_mode() {
+    assert_eq!(Config::from_toml(MINIMAL, "f").unwrap().edge, None);
+    assert_eq!(Config::default().edge, None);
+}
+
+#[test]
+fn edge_section_parses_to_typed_routes() {
+    let c = Config::from_toml(&format!("{MINIMAL}{EDGE}"), "f").unwrap();
+    let edge = c.edge.unwrap();
+    assert_eq!(edge.listen_https, "0.0.0.0:443".parse().unwrap());
+    assert_eq!(edge.listen_http, Some("0.0.0.0:80".parse().unwrap()));
+    assert_eq!(
+        edge.certs,
+        [CertConfig {
+            cert: PathBuf::from("/etc/portcullis/tls/home.pem"),
+            key: PathBuf::from("/etc/portcullis/tls/home.key"),
+        }]
+    );
+    let hosts: Vec<_> = edge.routes.iter().map(|r| r.host.as_str()).collect();
+    assert_eq!(
+        hosts,
+        [
+            "grafana.home.example",
+            "public.home.example",
+            "nas.home.example"
+        ]
+    );
+    let auths: Vec<_> = edge.routes.iter().map(|r| r.auth).collect();
+    assert_eq!(
+        auths,
+        [RouteAuth::Required, RouteAuth::None, RouteAuth::LocalOrAuth]
+    );
+    assert_eq!(edge.routes[0].backend.port_u16(), Some(3000));
+    assert!(edge.routes[0].local_networks.is_empty());
+    assert_eq!(
+        edge.routes[2].local_networks,
+        [net("192.168.0.0/16"), net("10.1.2.3/32")]
+    );
+}
+
+#[test]
+fn edge_defaults_https_port_and_required_auth() {
+    let text = format!(
+        "{MINIMAL}[[edge.cert]]\ncert = \"c\"\nkey = \"k\"\n[[edge.route]]\nhost = \"a.example\"\nbackend = \"http://b:1\"\n"
+    );
+    let edge = Config::from_toml(&text, "f").unwrap().edge.unwrap();
+    assert_eq!(edge.listen_https, DEFAULT_EDGE_LISTEN_HTTPS);
+    assert_eq!(edge.listen_http, None);
+    assert_eq!(edge.routes[0].auth, RouteAuth::Required);
+}
+
+#[test]
+fn edge_needs_a_cert_and_a_route() {
+    assert_eq!(
+        problems_with("[edge]\nlisten_https = \"0.0.0.0:443\"\n"),
+        [
+            "f.toml:3: edge.cert: missing (at least one [[edge.cert]] is required)",
+            "f.toml:3: edge.route: missing (at least one [[edge.route]] is required)",
+        ]
+    );
+    assert_eq!(
+        problems_with("[edge]\ncert = []\nroute = 3\n"),
+        [
+            "f.toml:4: edge.cert: at least one [[edge.cert]] is required",
+            "f.toml:5: edge.route: expected an array of tables",
+        ]
+    );
+}
+
+#[test]
+fn edge_route_and_cert_problems_name_the_entry_and_line() {
+    let extra = r#"[edge]
+listen_https = "127.0.0.1:9000"
+colour = 1
+[[edge.cert]]
+cert = "c.pem"
+[[edge.route]]
+host = "a.example"
+backend = "https://b:1"
+[[edge.route]]
+host = "A.example"
+backend = "http://b"
+auth = "sometimes"
+[[edge.route]]
+host = "*.example:443"
+backend = "http://b:1/path"
+auth = "local-or-auth"
+[[edge.route]]
+host = "c.example"
+backend = "http://b:1"
+local_networks = ["10.0.0.0/8"]
+[[edge.route]]
+host = "d.example"
+backend = "http://b:1"
+auth = "local-or-auth"
+local_networks = ["nope"]
+"#;
+    assert_eq!(
+        problems_with(extra),
+        [
+            "f.toml:4: edge.listen_https: must differ from server.listen",
+            "f.toml:5: edge.colour: unknown key",
+            "f.toml:6: edge.cert[0].key: missing (required)",
+            "f.toml:10: edge.route[0].backend: https backends are not supported; use http",
+            "f.toml:12: edge.route[1].host: duplicate host \"a.example\"",
+            "f.toml:13: edge.route[1].backend: \"http://b\" has no port; write it like \"http://10.0.0.5:3000\"",
+            "f.toml:14: edge.route[1].auth: \"sometimes\" is not \"required\", \"none\" or \"local-or-auth\"",
+            "f.toml:15: edge.route[2].local_networks: missing (required with auth = \"local-or-auth\")",
+            "f.toml:16: edge.route[2].host: \"*.example:443\" is not a host name like \"grafana.home.example\" (no port, no wildcard)",
+            "f.toml:17: edge.route[2].backend: must not have a path (only \"/\")",
+            "f.toml:22: edge.route[3].local_networks: only allowed with auth = \"local-or-auth\"",
+            "f.toml:27: edge.route[4].local_networks: \"nope\" is not a CIDR (e.g. \"10.0.0.0/8\") or an IP address",
+        ]
+    );
+}
+
+#[test]
+fn edge_listeners_must_not_clash() {
+    let extra = "[edge]\nlisten_https = \"0.0.0.0:8443\"\nlisten_http = \"127.0.0.1:8443\"\n[[edge.cert]]\ncert = \"c\"\nkey = \"k\"\n[[edge.route]]\nhost = \"a\"\nbackend = \"http://b:1\"\n";
+    assert_eq!(
+        problems_with(extra),
+        ["f.toml:5: edge.listen_http: must differ from edge.listen_https"]
+    );
 }

@@ -4,6 +4,11 @@
 //! Shutdown (DESIGN.md section 6): readiness turns 503 at once, accepting continues for
 //! `server.shutdown_delay` so load balancers move away, then accepting stops and connections
 //! in flight get `server.drain_timeout` to finish.
+//!
+//! Edge mode adds two listeners: HTTPS (rustls, HTTP/1.1 and HTTP/2 by ALPN, upgrades allowed)
+//! and an optional plain HTTP one that only redirects; both share the stop and drain machinery.
+
+pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,13 +18,17 @@ use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
 
+use self::tls::{EdgeCerts, TlsError};
 use crate::admin;
 use crate::app::App;
-use crate::router;
+use crate::config::EdgeConfig;
+use crate::{edge, router};
 
 /// The two bound listeners.
 #[derive(Debug)]
@@ -28,6 +37,48 @@ pub struct Listeners {
     pub main: TcpListener,
     /// Admin listener (`/healthz`, `/readyz`, `/metrics`).
     pub admin: TcpListener,
+    /// Edge listeners, after [`Listeners::bind_edge`].
+    pub edge: Option<EdgeListeners>,
+}
+
+/// The edge listeners and the certificates they serve.
+pub struct EdgeListeners {
+    /// HTTPS listener.
+    pub https: TcpListener,
+    /// Plain HTTP listener (redirects only), if configured.
+    pub http: Option<TcpListener>,
+    /// The live certificate set (watched once serving starts).
+    pub certs: Arc<EdgeCerts>,
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for EdgeListeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EdgeListeners")
+            .field("https", &self.https)
+            .field("http", &self.http)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why edge mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeStartError {
+    /// A certificate could not be loaded.
+    #[error(transparent)]
+    Certificate(#[from] TlsError),
+    /// rustls refused the TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// A listener could not be bound.
+    #[error("cannot bind {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Listeners {
@@ -36,7 +87,31 @@ impl Listeners {
         Ok(Listeners {
             main: TcpListener::bind(main).await?,
             admin: TcpListener::bind(admin).await?,
+            edge: None,
         })
+    }
+
+    /// Loads the certificates of `[edge]` and binds its listeners.
+    pub async fn bind_edge(&mut self, config: &EdgeConfig) -> Result<(), EdgeStartError> {
+        let certs = EdgeCerts::load(config)?;
+        let acceptor = certs.acceptor()?;
+        let bind = |addr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| EdgeStartError::Bind { addr, source })
+        };
+        let https = bind(config.listen_https).await?;
+        let http = match config.listen_http {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
+        self.edge = Some(EdgeListeners {
+            https,
+            http,
+            certs,
+            acceptor,
+        });
+        Ok(())
     }
 }
 
@@ -44,6 +119,8 @@ impl Listeners {
 enum Kind {
     Main,
     Admin,
+    /// The edge's plain HTTP listener; the HTTPS port its redirects name.
+    Redirect(u16),
 }
 
 /// Serves until `shutdown` resolves, then drains as the config says.
@@ -65,8 +142,10 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
         listeners.admin,
         app.clone(),
         Kind::Admin,
-        conns,
+        conns.clone(),
     ));
+    let edge = listeners.edge.map(|e| spawn_edge(e, &app, &conns));
+    drop(conns);
     shutdown.await;
     app.start_draining();
     let rt = app.runtime();
@@ -75,6 +154,9 @@ pub async fn run(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Outp
     let _ = stop_tx.send(true);
     let _ = main.await;
     let _ = admin.await;
+    for task in edge.into_iter().flatten() {
+        let _ = task.await;
+    }
     tracing::info!(deadline = ?rt.config.server.drain_timeout, "stopped accepting; draining");
     match tokio::time::timeout(rt.config.server.drain_timeout, all_closed.recv()).await {
         Ok(_) => tracing::info!("drained"),
@@ -91,24 +173,127 @@ struct Connections {
 
 async fn accept_loop(listener: TcpListener, app: Arc<App>, kind: Kind, conns: Connections) {
     let mut stop = conns.stop.clone();
+    while let Some((stream, peer)) = accept(&listener, &mut stop).await {
+        tokio::spawn(connection(stream, peer, app.clone(), kind, conns.clone()));
+    }
+}
+
+/// The next connection, or `None` once the stop flag is set.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(TcpStream, SocketAddr)> {
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = stopped(&mut stop) => return,
+            _ = stopped(stop) => return None,
             a = listener.accept() => a,
         };
-        let (stream, peer) = match accepted {
-            Ok(a) => a,
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer));
+            }
             Err(err) => {
                 // EMFILE and friends: back off instead of spinning.
                 tracing::warn!(error = %err, "accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(stream, peer, app.clone(), kind, conns.clone()));
+        }
     }
+}
+
+/// Starts the certificate watcher and the edge accept loops.
+fn spawn_edge(
+    e: EdgeListeners,
+    app: &Arc<App>,
+    conns: &Connections,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    e.certs.spawn_watcher();
+    let mut tasks = Vec::with_capacity(2);
+    if let Some(http) = e.http {
+        let port = e.https.local_addr().map_or(443, |a| a.port());
+        let kind = Kind::Redirect(port);
+        tasks.push(tokio::spawn(accept_loop(
+            http,
+            app.clone(),
+            kind,
+            conns.clone(),
+        )));
+    }
+    let (https, acceptor) = (e.https, e.acceptor);
+    tasks.push(tokio::spawn(tls_accept_loop(
+        https,
+        app.clone(),
+        acceptor,
+        conns.clone(),
+    )));
+    tasks
+}
+
+async fn tls_accept_loop(
+    listener: TcpListener,
+    app: Arc<App>,
+    acceptor: TlsAcceptor,
+    conns: Connections,
+) {
+    let mut stop = conns.stop.clone();
+    while let Some((stream, peer)) = accept(&listener, &mut stop).await {
+        let conn = tls_connection(stream, peer, app.clone(), acceptor.clone(), conns.clone());
+        tokio::spawn(conn);
+    }
+}
+
+/// One edge connection: the TLS handshake (bounded by `server.header_read_timeout`), then
+/// HTTP/1.1 or HTTP/2 as ALPN chose, upgrades allowed, until it ends or the stop signal.
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    app: Arc<App>,
+    acceptor: TlsAcceptor,
+    conns: Connections,
+) {
+    let Connections { alive, mut stop } = conns;
+    let cfg = app.runtime().config.server.clone();
+    let tls = match tokio::time::timeout(cfg.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(err)) => return tracing::debug!(error = %err, %peer, "TLS handshake failed"),
+        Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(cfg.header_read_timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+    let max_head = cfg.max_header_bytes;
+    let service = service_fn(move |req| {
+        let app = app.clone();
+        async move {
+            if head_len(&req) > max_head {
+                return Ok::<_, Infallible>(crate::error::ProxyError::HeadTooLarge.response());
+            }
+            Ok::<_, Infallible>(edge::handle(app, req, peer).await)
+        }
+    });
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let mut conn = std::pin::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = stopped(&mut stop) => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, %peer, "edge connection ended with an error");
+    }
+    drop(alive);
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
@@ -148,6 +333,7 @@ async fn connection(
             Ok::<_, Infallible>(match kind {
                 Kind::Main => router::handle(app, req, peer, false).await,
                 Kind::Admin => admin::handle(&app, &req),
+                Kind::Redirect(port) => edge::redirect(&app, &req, peer, port),
             })
         }
     });

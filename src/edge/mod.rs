@@ -1,0 +1,379 @@
+//! Edge mode (DESIGN.md section 5): portcullis as the TLS front, routing hosts to backends with
+//! forward-auth built in.
+//!
+//! Every request, in this order:
+//! 1. `/outpost.goauthentik.io/*` on any host goes to the outpost (the auth tier's passthrough),
+//!    before any route, so login callbacks work on every application host.
+//! 2. The route is found by `Host` (HTTP/2 `:authority`), port and case ignored; none: 404.
+//! 3. The client's `X-authentik-*` family (any spelling), `X-Auth-Fallback`, `Forwarded`,
+//!    `X-Original-*` and every `X-Forwarded-*` are removed, on every path (security rules 2, 3).
+//! 4. `auth = "none"`, or `local-or-auth` from a listed network: proxied without identity
+//!    (decision `passthrough`). Otherwise the forward-auth pipeline runs as for Traefik; a 2xx
+//!    copies its `X-authentik-*` (and `X-Auth-Fallback`, `Authorization` if present) onto the
+//!    backend request, anything else (302 to authorize, 401 challenge, 429, 503) goes back to
+//!    the browser as is. A fallback allow also drops the client's `Authorization`: it holds the
+//!    emergency password, which no backend needs.
+//! 5. Towards the backend `X-Forwarded-For` (the TCP peer), `-Proto` (`https`) and `-Host` are
+//!    generated; `Host` stays the client's.
+//!
+//! The plain HTTP listener only redirects (308) to `https://` on configured hosts (rule 7).
+
+pub mod backend;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use self::backend::Backends;
+use self::routes::{Route, RouteTable};
+use crate::app::App;
+use crate::auth::headers::{
+    self, X_AUTH_FALLBACK, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+};
+use crate::auth::request::Caller;
+use crate::auth::{self, Answer};
+use crate::body::Body;
+use crate::config::{EdgeConfig, RouteAuth};
+use crate::error::ProxyError;
+use crate::metrics::{Decision, Endpoint};
+use crate::router::{self, OUTPOST_PREFIX};
+
+const HTTPS: HeaderValue = HeaderValue::from_static("https");
+const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+
+/// Config-derived edge state, rebuilt with every runtime generation.
+#[derive(Debug)]
+pub struct Edge {
+    /// Host routes.
+    pub routes: RouteTable,
+    /// The backend pools (kept across reloads).
+    pub backends: Backends,
+}
+
+impl Edge {
+    /// Builds the routes of `config`, keeping `old`'s backend pools.
+    pub fn new(config: &EdgeConfig, old: Option<&Edge>) -> Edge {
+        Edge {
+            routes: RouteTable::new(config),
+            backends: old.map(|o| o.backends.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Handles one request on the HTTPS listener.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    let started = Instant::now();
+    let Some(edge) = app.runtime().edge.clone() else {
+        return ProxyError::NotFound.response();
+    };
+    let host = request_host(&req);
+    let (endpoint, answer) = if req.uri().path().starts_with(OUTPOST_PREFIX) {
+        (Endpoint::Outpost, outpost(&app, req, peer).await)
+    } else if let Some(route) = host.as_deref().and_then(|h| edge.routes.find(h)).cloned() {
+        (Endpoint::Edge, routed(&app, &edge, &route, req, peer).await)
+    } else {
+        log_unrouted(host.as_deref(), peer, StatusCode::NOT_FOUND);
+        return ProxyError::NotFound.response();
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    app.metrics.request(endpoint, answer.decision, seconds);
+    tracing::info!(
+        target: "access",
+        endpoint = endpoint.as_str(),
+        decision = answer.decision.as_str(),
+        status = answer.response.status().as_u16(),
+        host = host.as_deref().unwrap_or(""),
+        duration_ms = seconds * 1000.0,
+        outpost_ms = answer.outpost_seconds.map(|s| s * 1000.0),
+        peer = %peer.ip(),
+    );
+    answer.response
+}
+
+/// Handles one request on the plain HTTP listener: 308 to the same path and query on
+/// `https://<route host>[:https_port]`, for configured hosts only.
+pub fn redirect(
+    app: &App,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    https_port: u16,
+) -> Response<Body> {
+    let rt = app.runtime();
+    let host = request_host(req);
+    let route = rt
+        .edge
+        .as_ref()
+        .and_then(|e| host.as_deref().and_then(|h| e.routes.find(h)));
+    let Some(route) = route else {
+        log_unrouted(host.as_deref(), peer, StatusCode::NOT_FOUND);
+        return ProxyError::NotFound.response();
+    };
+    let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    // The host is the configured one, never the client's text (security rule 7).
+    let location = if https_port == 443 {
+        format!("https://{}{pq}", route.host)
+    } else {
+        format!("https://{}:{https_port}{pq}", route.host)
+    };
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = StatusCode::PERMANENT_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(http::header::LOCATION, v);
+    }
+    log_unrouted(host.as_deref(), peer, resp.status());
+    resp
+}
+
+fn log_unrouted(host: Option<&str>, peer: SocketAddr, status: StatusCode) {
+    tracing::info!(
+        target: "access",
+        endpoint = "edge",
+        status = status.as_u16(),
+        host = host.unwrap_or(""),
+        peer = %peer.ip(),
+    );
+}
+
+/// `Host`, else the HTTP/2 `:authority`.
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(h) = req.headers().get(HOST).and_then(|v| v.to_str().ok()) {
+        return Some(h.to_owned());
+    }
+    req.uri().authority().map(|a| a.as_str().to_owned())
+}
+
+/// `/outpost.goauthentik.io/*`: the auth tier's passthrough, ambiguous paths refused.
+async fn outpost(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+    if router::route(req.uri().path()) == router::Route::BadPath {
+        return Answer {
+            response: ProxyError::BadPath.response(),
+            decision: Decision::Error,
+            outpost_seconds: None,
+        };
+    }
+    router::pass(app, req, peer, true).await
+}
+
+/// A routed request: strip, decide, proxy.
+async fn routed(
+    app: &App,
+    edge: &Edge,
+    route: &Route,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Answer {
+    let upgrade = upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
+    let (mut parts, body) = req.into_parts();
+    let client = {
+        let trusted = &app.runtime().config.server.trusted_proxies;
+        Caller::new(&parts, peer.ip(), trusted, true).client_ip(trusted)
+    };
+    strip_client_headers(&mut parts.headers);
+    let local = route.auth == RouteAuth::None || route.is_local(client);
+    let (decision, outpost_seconds) = if local {
+        (Decision::Passthrough, None)
+    } else {
+        let answer = auth::check(app, Endpoint::Edge, &parts, peer.ip(), true).await;
+        if !answer.response.status().is_success() {
+            return answer;
+        }
+        apply_identity(
+            &mut parts.headers,
+            answer.response.headers(),
+            answer.decision,
+        );
+        (answer.decision, answer.outpost_seconds)
+    };
+    let (protocol, on_upgrade) = upgrade.unzip();
+    let backend_req = backend_request(route, parts, body, peer, protocol);
+    let response = edge
+        .backends
+        .send(backend_req, on_upgrade)
+        .await
+        .unwrap_or_else(|err| err.response());
+    Answer {
+        response,
+        decision,
+        outpost_seconds,
+    }
+}
+
+/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
+    let asks = h
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    asks.then(|| h.get(http::header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Removes what only the proxy may say: identity, fallback marker, forwarding claims.
+pub fn strip_client_headers(h: &mut HeaderMap) {
+    let doomed: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| {
+            let s = n.as_str();
+            headers::is_authentik_family(s)
+                || headers::is_original_family(s)
+                || headers::is_forwarded_family(s)
+                || s == "forwarded"
+                || s == X_AUTH_FALLBACK.as_str()
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        h.remove(name);
+    }
+}
+
+/// Copies the pipeline's identity onto the backend request.
+fn apply_identity(h: &mut HeaderMap, answer: &HeaderMap, decision: Decision) {
+    if decision == Decision::FallbackAllow {
+        h.remove(AUTHORIZATION);
+    }
+    for (name, value) in answer {
+        if headers::is_authentik_family(name.as_str()) || name == X_AUTH_FALLBACK {
+            h.append(name.clone(), value.clone());
+        }
+    }
+    if let Some(v) = answer.get(AUTHORIZATION) {
+        h.insert(AUTHORIZATION, v.clone());
+    }
+}
+
+/// The request towards the backend: absolute URI, hop-by-hop removed (the upgrade kept when
+/// asked), `Host` kept, `X-Forwarded-*` generated, HTTP/1.1.
+fn backend_request(
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: Incoming,
+    peer: SocketAddr,
+    upgrade: Option<HeaderValue>,
+) -> Request<Body> {
+    let host = parts.headers.get(HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(route.scheme.clone());
+    uri.authority = Some(route.authority.clone());
+    uri.path_and_query = Some(
+        parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or(PathAndQuery::from_static("/")),
+    );
+    parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
+    let h = &mut parts.headers;
+    headers::strip_hop_by_hop(h);
+    join_cookies(h);
+    if let Some(protocol) = upgrade {
+        h.insert(CONNECTION, UPGRADE_TOKEN);
+        h.insert(http::header::UPGRADE, protocol);
+    }
+    if let Some(host) = host {
+        h.insert(HOST, host.clone());
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    let ip = peer.ip().to_canonical().to_string();
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    h.insert(X_FORWARDED_PROTO, HTTPS);
+    parts.version = http::Version::HTTP_11;
+    Request::from_parts(parts, Body::Stream(body))
+}
+
+/// HTTP/2 clients may split `Cookie` into several fields; an HTTP/1.1 backend needs one,
+/// joined with "; " (RFC 9113 section 8.2.3).
+fn join_cookies(h: &mut HeaderMap) {
+    if h.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<&[u8]> = h
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    let joined = joined.join(&b"; "[..]);
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
+        h.insert(COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_identity_and_forwarding_claims_are_stripped() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-authentik-groups",
+            "x_authentik_username",
+            "X.Authentik.Uid",
+            "x-auth-fallback",
+            "forwarded",
+            "x-original-url",
+            "x_original_uri",
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x_forwarded_proto",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("evil"),
+            );
+        }
+        h.insert(COOKIE, HeaderValue::from_static("a=b"));
+        strip_client_headers(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h[COOKIE], "a=b");
+    }
+
+    #[test]
+    fn fallback_allow_drops_the_emergency_credential() {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Basic secret"));
+        let mut answer = HeaderMap::new();
+        answer.insert("x-authentik-username", HeaderValue::from_static("admin"));
+        answer.insert(X_AUTH_FALLBACK, HeaderValue::from_static("true"));
+        answer.insert("content-length", HeaderValue::from_static("0"));
+        apply_identity(&mut h, &answer, Decision::FallbackAllow);
+        assert!(h.get(AUTHORIZATION).is_none());
+        assert_eq!(h["x-authentik-username"], "admin");
+        assert_eq!(h[X_AUTH_FALLBACK], "true");
+        assert!(h.get("content-length").is_none());
+    }
+
+    #[test]
+    fn split_cookies_are_joined_for_http1() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1);
+        assert_eq!(h[COOKIE], "a=1; b=2");
+    }
+
+    #[test]
+    fn upgrade_needs_connection_upgrade_and_a_protocol() {
+        let mut h = HeaderMap::new();
+        h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert_eq!(upgrade_protocol(&h), None);
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        assert_eq!(upgrade_protocol(&h).unwrap(), "websocket");
+    }
+}

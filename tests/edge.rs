@@ -1,0 +1,568 @@
+//! Edge mode end to end: a real TLS client (rustls, SNI, ALPN) against the HTTPS listener, a
+//! fake outpost behind the pipeline, and a recording backend. Certificates are made here with
+//! rcgen (ring), never read from the repository.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use portcullis::app::App;
+use portcullis::config::{CertConfig, Config, EdgeConfig, RouteAuth, RouteConfig};
+use portcullis::demo::outpost::{Behaviour, FakeOutpost};
+use portcullis::metrics::{Decision, Endpoint, Metrics};
+use portcullis::server::{self, Listeners};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::client::TlsStream;
+
+use support::Reply;
+
+/// Hosts of the main certificate; `other.example` has a certificate of its own.
+const MAIN_HOSTS: [&str; 4] = ["app.example", "open.example", "lan.example", "wan.example"];
+
+/// One request as the backend saw it.
+#[derive(Debug, Clone)]
+struct Seen {
+    version: http::Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// An HTTP/1.1 backend that records requests, echoes bodies and accepts WebSocket upgrades
+/// (answers 101, then echoes bytes).
+#[derive(Clone)]
+struct Backend {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Backend {
+    async fn start() -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let backend = Backend {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+        };
+        let seen = backend.seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let seen = seen.clone();
+                let service = service_fn(move |req| serve_backend(seen.clone(), req));
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
+                );
+            }
+        });
+        backend
+    }
+
+    fn url(&self) -> http::Uri {
+        format!("http://{}", self.addr).parse().unwrap()
+    }
+
+    fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn last(&self) -> Seen {
+        self.requests()
+            .pop()
+            .expect("the backend received a request")
+    }
+}
+
+async fn serve_backend(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, hyper::Error> {
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        record(&seen, &req, Bytes::new());
+        tokio::spawn(async move {
+            let mut io = TokioIo::new(upgrade.await.unwrap());
+            let mut buf = [0u8; 1024];
+            loop {
+                let n = io.read(&mut buf).await.unwrap_or(0);
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Full::default())
+            .unwrap());
+    }
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes();
+    record(&seen, &Request::from_parts(parts, ()), body.clone());
+    Ok(Response::new(Full::new(body)))
+}
+
+fn record<B>(seen: &Mutex<Vec<Seen>>, req: &Request<B>, body: Bytes) {
+    seen.lock().unwrap().push(Seen {
+        version: req.version(),
+        headers: req.headers().clone(),
+        body,
+    });
+}
+
+/// A self-signed certificate for `names`, written as PEM into `dir`; returns its DER.
+fn write_cert(dir: &Path, stem: &str, names: &[&str]) -> (CertConfig, CertificateDer<'static>) {
+    let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+    let ck = rcgen::generate_simple_self_signed(names).unwrap();
+    let cert = dir.join(format!("{stem}.pem"));
+    let key = dir.join(format!("{stem}.key"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.key_pair.serialize_pem()).unwrap();
+    let der = ck.cert.der().clone();
+    (CertConfig { cert, key }, der)
+}
+
+fn route(host: &str, backend: &Backend, auth: RouteAuth, local: &[&str]) -> RouteConfig {
+    RouteConfig {
+        host: host.to_owned(),
+        backend: backend.url(),
+        auth,
+        local_networks: local.iter().map(|n| n.parse().unwrap()).collect(),
+    }
+}
+
+/// A proxy in edge mode, its outpost and its backend.
+struct Edge {
+    https: SocketAddr,
+    http: SocketAddr,
+    app: Arc<App>,
+    outpost: FakeOutpost,
+    backend: Backend,
+    roots: Vec<CertificateDer<'static>>,
+    other_cert: CertConfig,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start() -> Edge {
+    let dir = support::temp_dir("edge");
+    let (main_cert, main_der) = write_cert(&dir, "main", &MAIN_HOSTS);
+    let (other_cert, other_der) = write_cert(&dir, "other", &["other.example"]);
+    let outpost = support::outpost().await;
+    let backend = Backend::start().await;
+    let mut config: Config = support::config_for(&outpost.url());
+    config.edge = Some(EdgeConfig {
+        listen_https: "127.0.0.1:0".parse().unwrap(),
+        listen_http: Some("127.0.0.1:0".parse().unwrap()),
+        certs: vec![main_cert, other_cert.clone()],
+        routes: vec![
+            route("app.example", &backend, RouteAuth::Required, &[]),
+            route("open.example", &backend, RouteAuth::None, &[]),
+            route(
+                "lan.example",
+                &backend,
+                RouteAuth::LocalOrAuth,
+                &["127.0.0.0/8"],
+            ),
+            route(
+                "wan.example",
+                &backend,
+                RouteAuth::LocalOrAuth,
+                &["10.0.0.0/8"],
+            ),
+            route("other.example", &backend, RouteAuth::None, &[]),
+        ],
+    });
+    let mut listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
+        .await
+        .unwrap();
+    listeners
+        .bind_edge(config.edge.as_ref().unwrap())
+        .await
+        .unwrap();
+    let edge = listeners.edge.as_ref().unwrap();
+    let https = edge.https.local_addr().unwrap();
+    let http = edge.http.as_ref().unwrap().local_addr().unwrap();
+    let app = App::new(config, Metrics::new()).unwrap();
+    let (tx, rx) = oneshot::channel();
+    tokio::spawn(server::run(app.clone(), listeners, async {
+        let _ = rx.await;
+    }));
+    Edge {
+        https,
+        http,
+        app,
+        outpost,
+        backend,
+        roots: vec![main_der, other_der],
+        other_cert,
+        _stop: tx,
+    }
+}
+
+/// A TLS connection to `addr` with SNI `name`, trusting `roots`, offering `alpn`.
+async fn connect(
+    addr: SocketAddr,
+    name: &str,
+    roots: &[CertificateDer<'static>],
+    alpn: &[&[u8]],
+) -> TlsStream<TcpStream> {
+    let mut store = rustls::RootCertStore::empty();
+    for root in roots {
+        store.add(root.clone()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let server_name = ServerName::try_from(name.to_owned()).unwrap();
+    connector.connect(server_name, tcp).await.unwrap()
+}
+
+/// The leaf certificate the server presented.
+fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+impl Edge {
+    /// One HTTP/1.1 request over TLS to `host` (SNI and Host), with `headers` and `body`.
+    async fn send(
+        &self,
+        method: &str,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Reply {
+        let tls = connect(self.https, host, &self.roots, &[b"http/1.1"]).await;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut b = Request::builder().method(method).uri(path);
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            b = b.header("host", host);
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = tokio::time::timeout(
+            Duration::from_secs(10),
+            sender.send_request(b.body(Full::new(body)).unwrap()),
+        )
+        .await
+        .expect("answered within 10 s")
+        .unwrap();
+        let (parts, body) = resp.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
+    async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+        self.send("GET", host, path, headers, Bytes::new()).await
+    }
+
+    fn session_cookie(&self) -> String {
+        format!(
+            "{}={}",
+            self.outpost.cookie_name(),
+            self.outpost.login("akadmin")
+        )
+    }
+}
+
+fn header<'a>(seen: &'a Seen, name: &str) -> Option<&'a str> {
+    seen.headers.get(name).map(|v| v.to_str().unwrap())
+}
+
+/// The headers a hostile client sends: an identity and forwarding claims in several spellings.
+const SPOOFED: [(&str, &str); 5] = [
+    ("X-authentik-groups", "admins"),
+    ("X_authentik_username", "mallory"),
+    ("X-Forwarded-For", "198.51.100.1"),
+    ("Forwarded", "for=198.51.100.1"),
+    ("X-Original-URL", "/admin"),
+];
+
+fn assert_no_spoofed_headers(seen: &Seen) {
+    assert_eq!(header(seen, "x_authentik_username"), None);
+    assert_ne!(header(seen, "x-authentik-groups"), Some("admins"));
+    assert_eq!(header(seen, "x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(header(seen, "forwarded"), None);
+    assert_eq!(header(seen, "x-original-url"), None);
+}
+
+#[tokio::test]
+async fn sni_picks_the_certificate_valid_for_the_name() {
+    let edge = start().await;
+    let main = connect(edge.https, "app.example", &edge.roots, &[]).await;
+    let other = connect(edge.https, "other.example", &edge.roots, &[]).await;
+    assert_eq!(presented(&main), edge.roots[0]);
+    assert_eq!(presented(&other), edge.roots[1]);
+}
+
+#[tokio::test]
+async fn required_route_without_session_relays_the_outpost_redirect() {
+    let edge = start().await;
+    let r = edge.get("app.example", "/dashboard", &[]).await;
+    assert_eq!(r.status, 302);
+    assert!(r.header("location").unwrap().contains("authorize"), "{r:?}");
+    assert!(edge.backend.requests().is_empty());
+    let auth = edge.outpost.requests().pop().unwrap();
+    assert_eq!(auth.headers["x-forwarded-proto"], "https");
+    assert_eq!(auth.headers["x-forwarded-host"], "app.example");
+    assert_eq!(auth.headers["x-forwarded-uri"], "/dashboard");
+    let deny = edge
+        .app
+        .metrics
+        .requests_total(Endpoint::Edge, Decision::Deny);
+    assert_eq!(deny, 1);
+}
+
+#[tokio::test]
+async fn session_reaches_backend_with_identity_and_client_identity_is_gone() {
+    let edge = start().await;
+    let cookie = edge.session_cookie();
+    let mut headers = vec![("cookie", cookie.as_str())];
+    headers.extend_from_slice(&SPOOFED);
+    let r = edge.get("app.example", "/dashboard?x=1", &headers).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "x-authentik-username"), Some("akadmin"));
+    assert_no_spoofed_headers(&seen);
+    assert_eq!(header(&seen, "host"), Some("app.example"));
+    assert_eq!(header(&seen, "x-forwarded-proto"), Some("https"));
+    assert_eq!(header(&seen, "x-forwarded-host"), Some("app.example"));
+    assert_eq!(
+        edge.app
+            .metrics
+            .requests_total(Endpoint::Edge, Decision::Allow),
+        1
+    );
+}
+
+#[tokio::test]
+async fn unauthenticated_route_reaches_backend_and_still_strips_client_identity() {
+    let edge = start().await;
+    let r = edge.get("open.example", "/", &SPOOFED).await;
+    assert_eq!(r.status, 200);
+    let seen = edge.backend.last();
+    assert_no_spoofed_headers(&seen);
+    assert_eq!(header(&seen, "x-authentik-groups"), None);
+    assert_eq!(edge.outpost.stats().auth_requests, 0);
+    let passed = edge
+        .app
+        .metrics
+        .requests_total(Endpoint::Edge, Decision::Passthrough);
+    assert_eq!(passed, 1);
+}
+
+#[tokio::test]
+async fn local_or_auth_passes_local_clients_and_challenges_others() {
+    let edge = start().await;
+    let r = edge.get("lan.example", "/", &SPOOFED).await;
+    assert_eq!(r.status, 200);
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "x-authentik-username"), None);
+    assert_no_spoofed_headers(&seen);
+    // Loopback is outside 10.0.0.0/8: auth is required.
+    let r = edge.get("wan.example", "/", &[]).await;
+    assert_eq!(r.status, 302);
+    assert_eq!(edge.backend.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn outpost_paths_go_to_the_outpost_on_every_host() {
+    let edge = start().await;
+    let r = edge
+        .get("app.example", "/outpost.goauthentik.io/ping", &[])
+        .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(edge.outpost.stats().pings, 1);
+    assert!(edge.backend.requests().is_empty());
+}
+
+#[tokio::test]
+async fn outpost_down_lets_fallback_credentials_through_with_the_marker() {
+    let edge = start().await;
+    edge.outpost.set_behaviour(Behaviour::Status(503));
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        support::FALLBACK_USER,
+        support::FALLBACK_PASSWORD
+    ));
+    let auth = format!("Basic {basic}");
+    let r = edge
+        .get(
+            "app.example",
+            "/",
+            &[
+                ("authorization", auth.as_str()),
+                ("x-auth-fallback", "forged"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "x-authentik-username"), Some("admin"));
+    assert_eq!(header(&seen, "x-auth-fallback"), Some("true"));
+    assert_eq!(
+        header(&seen, "authorization"),
+        None,
+        "the emergency password stays here"
+    );
+    // Without credentials the browser gets the Basic challenge.
+    let r = edge.get("app.example", "/", &[]).await;
+    assert_eq!(r.status, 401);
+    assert!(r
+        .header("www-authenticate")
+        .unwrap()
+        .starts_with("Basic realm="));
+}
+
+#[tokio::test]
+async fn large_request_body_streams_to_the_backend_and_back_intact() {
+    let edge = start().await;
+    let body: Bytes = (0..1024 * 1024u32)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>()
+        .into();
+    let r = edge
+        .send("POST", "open.example", "/upload", &[], body.clone())
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(edge.backend.last().body, body);
+    assert_eq!(r.body, body);
+}
+
+#[tokio::test]
+async fn http2_over_alpn_reaches_the_backend_as_http1() {
+    let edge = start().await;
+    let tls = connect(
+        edge.https,
+        "open.example",
+        &edge.roots,
+        &[b"h2", b"http/1.1"],
+    )
+    .await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("https://open.example/h2")
+        .header("x-authentik-username", "mallory")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let seen = edge.backend.last();
+    assert_eq!(seen.version, http::Version::HTTP_11);
+    assert_eq!(header(&seen, "host"), Some("open.example"));
+    assert_eq!(header(&seen, "x-authentik-username"), None);
+}
+
+#[tokio::test]
+async fn websocket_upgrade_tunnels_bytes_both_ways() {
+    let edge = start().await;
+    let tls = connect(edge.https, "open.example", &edge.roots, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::builder()
+        .uri("/ws")
+        .header("host", "open.example")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(resp.headers()["upgrade"], "websocket");
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    for msg in [&b"hello"[..], b"over the tunnel"] {
+        io.write_all(msg).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+            .await
+            .expect("echo within 5 s")
+            .unwrap();
+        assert_eq!(buf, msg);
+    }
+}
+
+#[tokio::test]
+async fn plain_http_redirects_configured_hosts_to_https() {
+    let edge = start().await;
+    let url = format!("http://{}/path?q=1", edge.http);
+    let r = support::get(&url, &[("host", "App.Example")]).await;
+    assert_eq!(r.status, 308);
+    let want = format!("https://app.example:{}/path?q=1", edge.https.port());
+    assert_eq!(r.header("location"), Some(want.as_str()));
+    let r = support::get(&url, &[("host", "evil.example")]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("location"), None);
+}
+
+#[tokio::test]
+async fn unknown_host_is_not_found() {
+    let edge = start().await;
+    let r = edge
+        .get("app.example", "/", &[("host", "nothere.example")])
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(edge.backend.requests().is_empty());
+}
+
+#[tokio::test]
+async fn replaced_certificate_is_served_within_seconds() {
+    let edge = start().await;
+    let dir: PathBuf = edge.other_cert.cert.parent().unwrap().to_owned();
+    let (fresh, fresh_der) = write_cert(&dir, "fresh", &["other.example"]);
+    // Key first, then the certificate, as a renewal tool might (a half-done pair is refused
+    // and the old one kept until the pair matches).
+    std::fs::rename(&fresh.key, &edge.other_cert.key).unwrap();
+    std::fs::rename(&fresh.cert, &edge.other_cert.cert).unwrap();
+    let mut roots = edge.roots.clone();
+    roots.push(fresh_der.clone());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    loop {
+        let tls = connect(edge.https, "other.example", &roots, &[]).await;
+        if presented(&tls) == fresh_der {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "new certificate not served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The other hosts keep their certificate.
+    let main = connect(edge.https, "app.example", &roots, &[]).await;
+    assert_eq!(presented(&main), edge.roots[0]);
+}
