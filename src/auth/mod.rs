@@ -31,6 +31,9 @@ use crate::body::Body;
 use crate::error::ProxyError;
 use crate::metrics::{Attempt, Decision, Endpoint, Lookup};
 
+/// Extra wait a coalesced request gives its leader beyond `outpost.timeout`.
+const COALESCE_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What the pipeline produced: the response, its decision, and the outpost time if asked.
 #[derive(Debug)]
 pub struct Answer {
@@ -186,7 +189,10 @@ async fn waited(
     slot: tokio::sync::watch::Receiver<Option<Outcome>>,
 ) -> Outcome {
     app.metrics.coalesced.inc();
-    let shared = tokio::time::timeout(rt.client.timeout(), coalesce::wait(slot)).await;
+    // The leader's exchange is bounded by the same timeout; the grace keeps a waiter that
+    // joined in the same timer tick from giving up just before the leader's answer lands.
+    let bound = rt.client.timeout() + COALESCE_GRACE;
+    let shared = tokio::time::timeout(bound, coalesce::wait(slot)).await;
     match shared {
         // An anonymous allow depends on the path (a skip path): never share it across paths.
         Ok(Some(Outcome::Anonymous(_))) => ask(app, rt, endpoint, caller).await,
