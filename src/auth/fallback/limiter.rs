@@ -1,0 +1,218 @@
+//! The failed-attempt limiter of the emergency realm (DESIGN.md section 4): failures per user
+//! (across addresses) and per client address within a window; a limited user or address gets
+//! `Verdict::Limited` until its window passes, a correct password too. Every map is bounded.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+use tokio::time::Instant;
+
+use super::{MAX_TRACKED, MIN_RETRY_AFTER};
+use crate::config::FallbackConfig;
+/// The limiter's key for an address: IPv4 as is (IPv4-mapped IPv6 too), IPv6 by its /64.
+pub(super) fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let mut segments = v6.segments();
+                segments[4..].fill(0);
+                IpAddr::from(segments)
+            }
+        },
+    }
+}
+
+/// A presented user name as the limiter knows it: a digest (fixed size whatever was sent), and
+/// whether the file has that user (its own map, which sprayed names cannot evict).
+pub(super) struct UserKey {
+    digest: [u8; 32],
+    known: bool,
+}
+
+impl UserKey {
+    pub(super) fn new(user: &str, known: bool) -> UserKey {
+        UserKey {
+            digest: Sha256::digest(user.as_bytes()).into(),
+            known,
+        }
+    }
+}
+
+/// Failures of one key in its current window.
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    failures: u32,
+    started: Instant,
+}
+
+/// Failure counts for one kind of key, bounded to `cap` entries.
+struct Counter<K> {
+    map: HashMap<K, Window>,
+    max: u32,
+    cap: usize,
+}
+
+/// Time left in a window started at `started`, if any.
+fn remaining(started: Instant, window: Duration, now: Instant) -> Option<Duration> {
+    window
+        .checked_sub(now.saturating_duration_since(started))
+        .filter(|left| !left.is_zero())
+}
+
+impl<K: std::hash::Hash + Eq + Copy> Counter<K> {
+    fn new(max: u32, cap: usize) -> Counter<K> {
+        Counter {
+            map: HashMap::new(),
+            max,
+            cap,
+        }
+    }
+
+    /// `Some(retry_after)` while `key` has reached the limit in a live window.
+    fn blocked(&self, key: &K, window: Duration, now: Instant) -> Option<Duration> {
+        let entry = self.map.get(key)?;
+        if entry.failures < self.max {
+            return None;
+        }
+        remaining(entry.started, window, now).map(|left| left.max(MIN_RETRY_AFTER))
+    }
+
+    /// Counts one failure; returns whether this one reached the limit.
+    fn add(&mut self, key: K, window: Duration, now: Instant) -> bool {
+        if !self.map.contains_key(&key) {
+            self.make_room(window, now);
+        }
+        let fresh = Window {
+            failures: 0,
+            started: now,
+        };
+        let entry = self.map.entry(key).or_insert(fresh);
+        if remaining(entry.started, window, now).is_none() {
+            *entry = fresh;
+        }
+        entry.failures = entry.failures.saturating_add(1);
+        entry.failures == self.max
+    }
+
+    /// Takes back one failure (a reserved attempt that succeeded).
+    fn refund(&mut self, key: &K) {
+        if let Some(entry) = self.map.get_mut(key) {
+            entry.failures = entry.failures.saturating_sub(1);
+        }
+    }
+
+    /// Keeps the map under `cap`: drop expired windows, then, if still full, the oldest.
+    fn make_room(&mut self, window: Duration, now: Instant) {
+        if self.map.len() < self.cap {
+            return;
+        }
+        self.map
+            .retain(|_, entry| remaining(entry.started, window, now).is_some());
+        while self.map.len() >= self.cap {
+            let oldest = self
+                .map
+                .iter()
+                .min_by_key(|(_, e)| e.started)
+                .map(|(k, _)| *k);
+            match oldest {
+                Some(key) => self.map.remove(&key),
+                None => break,
+            };
+        }
+    }
+}
+
+/// The failed-attempt limiter of DESIGN.md section 4.
+pub(super) struct Limiter {
+    window: Duration,
+    known_users: Counter<[u8; 32]>,
+    other_users: Counter<[u8; 32]>,
+    addresses: Counter<IpAddr>,
+}
+
+impl Limiter {
+    pub(super) fn new(cfg: &FallbackConfig) -> Limiter {
+        Limiter {
+            window: cfg.failure_window,
+            known_users: Counter::new(cfg.max_failures_per_user, MAX_TRACKED),
+            other_users: Counter::new(cfg.max_failures_per_user, MAX_TRACKED),
+            addresses: Counter::new(cfg.max_failures_per_address, MAX_TRACKED),
+        }
+    }
+
+    fn users_of(&mut self, user: &UserKey) -> &mut Counter<[u8; 32]> {
+        if user.known {
+            &mut self.known_users
+        } else {
+            &mut self.other_users
+        }
+    }
+
+    /// The longer wait of user and address, if either is limited.
+    pub(super) fn blocked(
+        &mut self,
+        user: Option<&UserKey>,
+        address: IpAddr,
+        now: Instant,
+    ) -> Option<Duration> {
+        let window = self.window;
+        let by_user = user.and_then(|u| self.users_of(u).blocked(&u.digest, window, now));
+        let by_address = self.addresses.blocked(&address, window, now);
+        by_user.max(by_address)
+    }
+
+    /// Counts one failure in advance unless already limited (then `Err(retry_after)`).
+    pub(super) fn reserve(
+        &mut self,
+        user: Option<&UserKey>,
+        address: IpAddr,
+        now: Instant,
+    ) -> Result<(), Duration> {
+        if let Some(retry_after) = self.blocked(user, address, now) {
+            return Err(retry_after);
+        }
+        let window = self.window;
+        if let Some(u) = user {
+            if self.users_of(u).add(u.digest, window, now) && u.known {
+                tracing::warn!("emergency login limited for a user after repeated failures");
+            }
+        }
+        if self.addresses.add(address, window, now) {
+            tracing::warn!(%address, "emergency login limited for an address after repeated failures");
+        }
+        Ok(())
+    }
+
+    /// Takes back a reservation whose verification succeeded.
+    pub(super) fn refund(&mut self, user: Option<&UserKey>, address: IpAddr) {
+        if let Some(u) = user {
+            self.users_of(u).refund(&u.digest);
+        }
+        self.addresses.refund(&address);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn counter_stays_bounded_dropping_expired_then_oldest() {
+        let mut counter: Counter<u32> = Counter::new(1, 3);
+        let window = Duration::from_secs(10);
+        for key in 0..3 {
+            counter.add(key, window, Instant::now());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        counter.add(3, window, Instant::now());
+        assert_eq!(counter.map.len(), 3);
+        assert!(!counter.map.contains_key(&0), "oldest evicted");
+        tokio::time::advance(window).await;
+        counter.add(4, window, Instant::now());
+        assert_eq!(counter.map.len(), 1, "expired entries dropped first");
+    }
+}
