@@ -5,7 +5,6 @@
 //! Run: `taskset -c 1 cargo bench --bench hot_path`. Results: `benches/RESULTS.md`.
 
 use std::collections::hash_map::RandomState;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -121,11 +120,8 @@ fn identity_headers(user: &str, jwt: &str) -> Vec<(HeaderName, HeaderValue)> {
         .collect()
 }
 
-fn identity(user: &str) -> Arc<Identity> {
-    Arc::new(Identity {
-        headers: identity_headers(user, &jwt()),
-        jwt_exp: None,
-    })
+fn identity(user: &str) -> Identity {
+    Identity::from_pairs(identity_headers(user, &jwt()), None)
 }
 
 fn key_extraction(c: &mut Criterion) {
@@ -163,7 +159,7 @@ fn cache_ops(c: &mut Criterion) {
     let cache = Cache::new(ENTRIES, Duration::from_secs(3600));
     let resident = keys(0, ENTRIES, &hasher);
     for k in &resident {
-        assert!(cache.insert(k, ident.clone(), now));
+        assert!(cache.insert(k, &ident, now));
     }
     let mut i = 0usize;
     c.bench_function("cache/hit_100k", |b| {
@@ -181,7 +177,7 @@ fn cache_ops(c: &mut Criterion) {
     c.bench_function("cache/insert_evict_full_100k", |b| {
         b.iter(|| {
             j = (j + 1) % pool.len();
-            cache.insert(black_box(pool[j]), ident.clone(), now)
+            cache.insert(black_box(pool[j]), &ident, now)
         })
     });
     assert!(cache.len() <= ENTRIES.div_ceil(16) * 16);

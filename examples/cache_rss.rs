@@ -9,7 +9,6 @@
 //! Run: `cargo run --release --example cache_rss` (each case in its own child process). Results: `benches/RESULTS.md`.
 
 use std::collections::hash_map::RandomState;
-use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue};
@@ -81,18 +80,14 @@ fn identity(i: u64, jwt: &str) -> Identity {
         .zip(values)
         .map(|(n, v)| (n, HeaderValue::from_str(&v).expect("header value")))
         .collect();
-    Identity {
-        headers,
-        jwt_exp: None,
-    }
+    Identity::from_pairs(headers, None)
 }
 
 /// Key length (without the hash) plus header name and value bytes of one entry.
 fn payload(key_len: usize, identity: &Identity) -> usize {
     key_len
         + identity
-            .headers
-            .iter()
+            .headers()
             .map(|(n, v)| n.as_str().len() + v.len())
             .sum::<usize>()
 }
@@ -109,7 +104,7 @@ fn measure(label: &str, jwt: &str) {
     for (i, k) in keys.iter().enumerate() {
         let ident = identity(i as u64, jwt);
         stored += payload(key_len, &ident);
-        assert!(cache.insert(k, Arc::new(ident), now));
+        assert!(cache.insert(k, &ident, now));
     }
     let after = rss();
     // Shards hold capacity/16 each and keys spread unevenly, so a few hundred are evicted early.

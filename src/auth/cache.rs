@@ -8,7 +8,7 @@
 
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -141,7 +141,7 @@ impl Credentials {
 #[derive(Debug)]
 struct Entry {
     key: Box<[u8]>,
-    identity: Arc<Identity>,
+    identity: Identity,
     expires: Instant,
 }
 
@@ -173,7 +173,7 @@ impl Cache {
     }
 
     /// Looks a key up; a hit is a live entry whose full key bytes equal `key`'s.
-    pub fn get(&self, key: &CacheKey, now: Instant) -> (Lookup, Option<Arc<Identity>>) {
+    pub fn get(&self, key: &CacheKey, now: Instant) -> (Lookup, Option<Identity>) {
         let Ok(mut shard) = self.shard(key.hash).lock() else {
             return (Lookup::Miss, None);
         };
@@ -192,13 +192,13 @@ impl Cache {
 
     /// Stores an authenticated identity, its TTL capped by the JWT `exp`. Returns whether it
     /// was stored (an already expired token is not).
-    pub fn insert(&self, key: &CacheKey, identity: Arc<Identity>, now: Instant) -> bool {
-        let Some(ttl) = self.ttl_for(&identity) else {
+    pub fn insert(&self, key: &CacheKey, identity: &Identity, now: Instant) -> bool {
+        let Some(ttl) = self.ttl_for(identity) else {
             return false;
         };
         let entry = Entry {
             key: key.bytes.as_slice().into(),
-            identity,
+            identity: identity.clone(),
             expires: now + ttl,
         };
         if let Ok(mut shard) = self.shard(key.hash).lock() {
@@ -212,7 +212,7 @@ impl Cache {
         if self.ttl.is_zero() {
             return None;
         }
-        let Some(exp) = identity.jwt_exp else {
+        let Some(exp) = identity.jwt_exp() else {
             return Some(self.ttl);
         };
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?.as_secs();
@@ -296,10 +296,8 @@ impl Cache {
 
 fn uid_of(identity: &Identity) -> Vec<u8> {
     identity
-        .headers
-        .iter()
-        .find(|(n, _)| *n == super::headers::X_AUTHENTIK_UID)
-        .map(|(_, v)| v.as_bytes().to_vec())
+        .get(&super::headers::X_AUTHENTIK_UID)
+        .map(|v| v.as_bytes().to_vec())
         .unwrap_or_default()
 }
 
@@ -316,9 +314,9 @@ mod tests {
         b.body(()).unwrap().into_parts().0
     }
 
-    fn identity(user: &str) -> Arc<Identity> {
-        Arc::new(Identity {
-            headers: vec![
+    fn identity(user: &str) -> Identity {
+        Identity::from_pairs(
+            [
                 (
                     super::super::headers::X_AUTHENTIK_USERNAME,
                     HeaderValue::from_str(user).unwrap(),
@@ -328,8 +326,8 @@ mod tests {
                     HeaderValue::from_str(user).unwrap(),
                 ),
             ],
-            jwt_exp: None,
-        })
+            None,
+        )
     }
 
     fn key(cookie: &str, host: &str, s: &RandomState) -> Option<CacheKey> {
@@ -357,7 +355,7 @@ mod tests {
         let mut mallory = key("authentik_proxy_a=mallory", "app", &s).unwrap();
         mallory.hash = alice.hash; // force the collision
         let now = Instant::now();
-        assert!(cache.insert(&alice, identity("alice"), now));
+        assert!(cache.insert(&alice, &identity("alice"), now));
         assert_eq!(cache.get(&mallory, now).0, Lookup::Miss);
         assert_eq!(cache.get(&alice, now).0, Lookup::Hit);
     }
@@ -371,10 +369,10 @@ mod tests {
         let k2 = key("authentik_proxy_a=S1; authentik_proxy_b=T1", "two", &s).unwrap();
         let k3 = key("authentik_proxy_b=T9", "three", &s).unwrap();
         let other = key("authentik_proxy_a=S2", "one", &s).unwrap();
-        cache.insert(&k1, identity("alice"), now);
-        cache.insert(&k2, identity("alice"), now);
-        cache.insert(&k3, identity("alice"), now);
-        cache.insert(&other, identity("bob"), now);
+        cache.insert(&k1, &identity("alice"), now);
+        cache.insert(&k2, &identity("alice"), now);
+        cache.insert(&k3, &identity("alice"), now);
+        cache.insert(&other, &identity("bob"), now);
         let p = parts("authentik_proxy_a=S1", None);
         let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
         assert_eq!(cache.purge(&Credentials::of(&c)), 3);
@@ -389,7 +387,7 @@ mod tests {
         let now = Instant::now();
         for i in 0..200 {
             let k = key(&format!("authentik_proxy_a={i}"), "app", &s).unwrap();
-            cache.insert(&k, identity("u"), now);
+            cache.insert(&k, &identity("u"), now);
         }
         assert!(cache.len() <= SHARDS);
     }
@@ -400,7 +398,7 @@ mod tests {
         let cache = Cache::new(10, Duration::from_secs(10));
         let k = key("authentik_proxy_a=1", "app", &s).unwrap();
         let now = Instant::now();
-        cache.insert(&k, identity("u"), now);
+        cache.insert(&k, &identity("u"), now);
         assert_eq!(
             cache.get(&k, now + Duration::from_secs(11)).0,
             Lookup::Expired
@@ -415,21 +413,12 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let soon = Identity {
-            headers: vec![],
-            jwt_exp: Some(now + 3),
-        };
+        let soon = Identity::from_pairs([], Some(now + 3));
         let ttl = cache.ttl_for(&soon).unwrap();
         assert!(ttl <= Duration::from_secs(3) && ttl >= Duration::from_secs(2));
-        let past = Identity {
-            headers: vec![],
-            jwt_exp: Some(now - 1),
-        };
+        let past = Identity::from_pairs([], Some(now - 1));
         assert_eq!(cache.ttl_for(&past), None);
-        let far = Identity {
-            headers: vec![],
-            jwt_exp: Some(now + 3600),
-        };
+        let far = Identity::from_pairs([], Some(now + 3600));
         assert_eq!(cache.ttl_for(&far), Some(Duration::from_secs(10)));
     }
 }

@@ -9,6 +9,7 @@ pub mod coalesce;
 pub mod fallback;
 pub mod headers;
 pub mod htpasswd;
+pub mod identity;
 pub mod outpost;
 pub mod request;
 
@@ -173,7 +174,7 @@ async fn led(
     if let (Outcome::Allow(a), Some(key)) = (&outcome, key) {
         if rt.cache.enabled() {
             rt.cache
-                .insert(key, a.identity.clone(), tokio::time::Instant::now());
+                .insert(key, &a.identity, tokio::time::Instant::now());
         }
     }
     leader.publish(&outcome);
@@ -256,9 +257,9 @@ pub fn allow_response(
 ) -> Response<Body> {
     let mut resp = Response::new(Body::Empty);
     let h = resp.headers_mut();
-    h.reserve(identity.headers.len() + extra.len() + 2);
-    for (name, value) in &identity.headers {
-        h.append(name.clone(), value.clone());
+    h.reserve(identity.len() + extra.len() + 2);
+    for (name, value) in identity.headers() {
+        h.append(name, value);
     }
     for (name, value) in extra {
         h.append(name.clone(), value.clone());

@@ -1,0 +1,178 @@
+//! The identity an authenticated allow carries, packed for the cache.
+//!
+//! A `Vec<(HeaderName, HeaderValue)>` costs 72 bytes per pair plus one allocation per value; with
+//! twelve headers that is most of a cache entry. Here every value lives in one shared buffer and
+//! the twelve fixed names are implicit (their order is [`IDENTITY`]), so an entry costs its value
+//! bytes plus a small fixed header. Reading a header back slices the buffer: a reference-count
+//! increment, no copy.
+
+use bytes::{Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue};
+
+use super::headers::{EMPTY, IDENTITY};
+
+/// The twelve `X-authentik-*` values (empty ones kept), then `Authorization` and any custom headers
+/// the outpost added. Never `Set-Cookie`, `Location` or `User-Agent`.
+#[derive(Clone, PartialEq)]
+pub struct Identity {
+    values: Bytes,
+    /// End offset in `values` of each fixed header, in [`IDENTITY`] order.
+    ends: [u32; 12],
+    /// Further headers with the end offsets of their values.
+    extra: Vec<(HeaderName, u32)>,
+    jwt_exp: Option<u64>,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Values include the access token: name the fields, never print them.
+        f.debug_struct("Identity")
+            .field("headers", &(IDENTITY.len() + self.extra.len()))
+            .field("value_bytes", &self.values.len())
+            .field("jwt_exp", &self.jwt_exp)
+            .finish()
+    }
+}
+
+impl Identity {
+    /// Packs header pairs; a fixed identity header missing from `pairs` is kept, empty.
+    /// `jwt_exp` is the `exp` of `X-authentik-jwt` (seconds since the epoch), if known.
+    pub fn from_pairs(
+        pairs: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+        jwt_exp: Option<u64>,
+    ) -> Identity {
+        let mut fixed: [Option<HeaderValue>; 12] = Default::default();
+        let mut others = Vec::new();
+        for (name, value) in pairs {
+            match IDENTITY.iter().position(|n| *n == name) {
+                Some(i) => fixed[i] = Some(value),
+                None => others.push((name, value)),
+            }
+        }
+        let total = fixed
+            .iter()
+            .flatten()
+            .chain(others.iter().map(|(_, v)| v))
+            .map(|v| v.len())
+            .sum();
+        let mut buf = BytesMut::with_capacity(total);
+        let mut ends = [0u32; 12];
+        for (i, value) in fixed.iter().enumerate() {
+            if let Some(v) = value {
+                buf.extend_from_slice(v.as_bytes());
+            }
+            ends[i] = offset(&buf);
+        }
+        let extra = others
+            .into_iter()
+            .map(|(name, v)| {
+                buf.extend_from_slice(v.as_bytes());
+                (name, offset(&buf))
+            })
+            .collect();
+        Identity {
+            values: buf.freeze(),
+            ends,
+            extra,
+            jwt_exp,
+        }
+    }
+
+    /// Every header, the twelve fixed ones first.
+    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
+        let fixed = IDENTITY.into_iter().zip(self.ends);
+        let extra = self.extra.iter().map(|(n, end)| (n.clone(), *end));
+        let mut start = 0;
+        fixed.chain(extra).map(move |(name, end)| {
+            let value = self.value(start, end);
+            start = end;
+            (name, value)
+        })
+    }
+
+    /// The value of one header, if the identity has it.
+    pub fn get(&self, name: &HeaderName) -> Option<HeaderValue> {
+        self.headers().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        IDENTITY.len() + self.extra.len()
+    }
+
+    /// Always false: the twelve fixed headers are always there.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Bytes of header values held.
+    pub fn value_bytes(&self) -> usize {
+        self.values.len()
+    }
+
+    /// `exp` of `X-authentik-jwt`, seconds since the Unix epoch.
+    pub fn jwt_exp(&self) -> Option<u64> {
+        self.jwt_exp
+    }
+
+    fn value(&self, start: u32, end: u32) -> HeaderValue {
+        if start == end {
+            return EMPTY;
+        }
+        // The bytes came from valid header values, so this cannot fail; empty is the safe side.
+        HeaderValue::from_maybe_shared(self.values.slice(start as usize..end as usize))
+            .unwrap_or(EMPTY)
+    }
+}
+
+fn offset(buf: &BytesMut) -> u32 {
+    u32::try_from(buf.len()).unwrap_or(u32::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::headers::{X_AUTHENTIK_JWT, X_AUTHENTIK_USERNAME};
+
+    #[test]
+    fn round_trips_fixed_and_extra_headers_in_order() {
+        let id = Identity::from_pairs(
+            [
+                (
+                    HeaderName::from_static("x-custom"),
+                    HeaderValue::from_static("c"),
+                ),
+                (X_AUTHENTIK_USERNAME, HeaderValue::from_static("alice")),
+                (X_AUTHENTIK_JWT, HeaderValue::from_static("a.b.c")),
+            ],
+            Some(7),
+        );
+        let all: Vec<(HeaderName, HeaderValue)> = id.headers().collect();
+        assert_eq!(all.len(), 13);
+        for (i, name) in IDENTITY.iter().enumerate() {
+            assert_eq!(&all[i].0, name);
+        }
+        assert_eq!(all[0].1, "alice");
+        assert_eq!(all[6].1, "a.b.c");
+        assert_eq!(all[1].1, "");
+        assert_eq!(
+            all[12],
+            (
+                HeaderName::from_static("x-custom"),
+                HeaderValue::from_static("c")
+            )
+        );
+        assert_eq!(id.get(&X_AUTHENTIK_USERNAME).unwrap(), "alice");
+        assert_eq!(id.jwt_exp(), Some(7));
+        assert_eq!(id.value_bytes(), "alice".len() + "a.b.c".len() + 1);
+    }
+
+    #[test]
+    fn debug_never_prints_values() {
+        let id = Identity::from_pairs(
+            [(X_AUTHENTIK_JWT, HeaderValue::from_static("secret.token.x"))],
+            None,
+        );
+        assert!(!format!("{id:?}").contains("secret"));
+    }
+}
