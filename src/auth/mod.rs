@@ -226,7 +226,10 @@ async fn fallback(
             };
         }
     };
-    let client = caller.client_ip(&rt.config.server.trusted_proxies);
+    // An unknown client (garbage in a trusted chain) is limited as the peer that sent it.
+    let client = caller
+        .client_ip(&rt.config.server.trusted_proxies)
+        .unwrap_or(caller.peer);
     let (response, decision, attempt) = match realm.check(caller.authorization(), client).await {
         Verdict::Allow { user } => (fallback_allow(&user), Decision::FallbackAllow, Attempt::Ok),
         Verdict::Deny => (

@@ -97,12 +97,25 @@ impl<'a> Caller<'a> {
         HeaderValue::from_str(self.parts.method.as_str()).unwrap_or(HeaderValue::from_static("GET"))
     }
 
-    /// `X-Forwarded-For` towards the outpost: a trusted chain as sent, else the peer.
+    /// `X-Forwarded-For` towards the outpost: a trusted chain as sent (every header line, joined
+    /// in order, as RFC 9110 section 5.3 allows), else the peer.
     pub fn forwarded_for(&self) -> HeaderValue {
-        if let Some(v) = self.trusted_header(&X_FORWARDED_FOR) {
-            return v.clone();
+        if !self.trusted {
+            return ip_header(self.peer);
         }
-        ip_header(self.peer)
+        let mut lines = self.parts.headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| !v.is_empty());
+        let Some(first) = lines.next() else {
+            return ip_header(self.peer);
+        };
+        let Some(second) = lines.next() else {
+            return first.clone();
+        };
+        let mut joined = first.as_bytes().to_vec();
+        for line in std::iter::once(second).chain(lines) {
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(line.as_bytes());
+        }
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| ip_header(self.peer))
     }
 
     /// `X-Original-URL` from a trusted nginx; `None` for anyone else.
@@ -110,24 +123,33 @@ impl<'a> Caller<'a> {
         self.trusted_header(&X_ORIGINAL_URL)
     }
 
-    /// The client address for rate limiting: the right-most untrusted address of a trusted
-    /// `X-Forwarded-For` chain, else the peer.
-    pub fn client_ip(&self, trusted_proxies: &[IpNet]) -> IpAddr {
-        let Some(chain) = self
-            .trusted_header(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-        else {
-            return self.peer;
-        };
-        let mut last = self.peer;
-        for hop in chain.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
-                Ok(ip) if is_trusted(ip, trusted_proxies) => last = ip,
-                Ok(ip) => return ip,
-                Err(_) => return last,
-            }
+    /// The client address: the right-most address of a trusted `X-Forwarded-For` chain (all
+    /// header lines) that is not itself a trusted proxy, else the peer. `None` when the chain has
+    /// a hop that is not an address: the client is then unknown, never the proxy's address.
+    pub fn client_ip(&self, trusted_proxies: &[IpNet]) -> Option<IpAddr> {
+        if !self.trusted {
+            return Some(self.peer);
         }
-        last
+        let lines: Vec<&str> = self
+            .parts
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("?"))
+            .collect();
+        let mut last = self.peer;
+        for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+            let hop = hop.trim();
+            if hop.is_empty() {
+                continue;
+            }
+            let ip = parse_hop(hop)?;
+            if !is_trusted(ip, trusted_proxies) {
+                return Some(ip);
+            }
+            last = ip;
+        }
+        Some(last)
     }
 
     /// Every `Cookie` header value (HTTP/2 may split them).
@@ -153,6 +175,13 @@ pub fn is_trusted(ip: IpAddr, nets: &[IpNet]) -> bool {
         v4 => v4,
     };
     nets.iter().any(|n| n.contains(&ip))
+}
+
+/// One `X-Forwarded-For` hop: `ip`, `ip:port` or `[v6]:port`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    hop.parse::<IpAddr>()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }
 
 fn ip_header(ip: IpAddr) -> HeaderValue {
@@ -259,12 +288,24 @@ mod tests {
         let p = parts(&[("x-forwarded-for", "203.0.113.9, 198.51.100.7, 10.0.0.3")]);
         let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
         let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
-        assert_eq!(
-            c.client_ip(&nets),
-            "198.51.100.7".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(c.client_ip(&nets), Some("198.51.100.7".parse().unwrap()));
         let u = Caller::new(&p, "192.0.2.1".parse().unwrap(), &nets, false);
-        assert_eq!(u.client_ip(&nets), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(u.client_ip(&nets), Some("192.0.2.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn every_forwarded_for_line_counts_and_garbage_makes_the_client_unknown() {
+        let nets: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let mut b = http::Request::builder();
+        b = b.header("x-forwarded-for", "10.9.9.9");
+        b = b.header("x-forwarded-for", "203.0.113.5:4711");
+        let p = b.body(()).unwrap().into_parts().0;
+        let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
+        assert_eq!(c.client_ip(&nets), Some("203.0.113.5".parse().unwrap()));
+        assert_eq!(c.forwarded_for(), "10.9.9.9, 203.0.113.5:4711");
+        let p = parts(&[("x-forwarded-for", "203.0.113.5, not-an-ip")]);
+        let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
+        assert_eq!(c.client_ip(&nets), None);
     }
 
     #[test]

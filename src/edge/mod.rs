@@ -174,15 +174,19 @@ async fn routed(
         let trusted = &app.runtime().config.server.trusted_proxies;
         Caller::new(&parts, peer.ip(), trusted, true).client_ip(trusted)
     };
-    strip_client_headers(&mut parts.headers);
-    let local = route.auth == RouteAuth::None || route.is_local(client);
+    // An unknown client (garbage in a trusted chain) is never local.
+    let local = route.auth == RouteAuth::None || client.is_some_and(|c| route.is_local(c));
     let (decision, outpost_seconds) = if local {
+        strip_client_headers(&mut parts.headers);
         (Decision::Passthrough, None)
     } else {
+        // The pipeline sees the request as sent: it forwards only what the outpost reads, and
+        // the limiter needs a trusted proxy's X-Forwarded-For.
         let answer = auth::check(app, Endpoint::Edge, &parts, peer.ip(), true).await;
         if !answer.response.status().is_success() {
             return answer;
         }
+        strip_client_headers(&mut parts.headers);
         apply_identity(
             &mut parts.headers,
             answer.response.headers(),

@@ -56,6 +56,9 @@ fn build(
     peer: IpAddr,
     tls: bool,
 ) -> http::Request<Body> {
+    // Connection-listed headers go first (RFC 9110 7.6.1), so nothing a hop declared hop-by-hop
+    // is read below.
+    headers::strip_hop_by_hop(&mut parts.headers);
     let (host, proto, uri, method, xff) = {
         let caller = Caller::new(&parts, peer, &rt.config.server.trusted_proxies, tls);
         (
@@ -73,7 +76,6 @@ fn build(
         .unwrap_or(http::uri::PathAndQuery::from_static("/"));
     parts.uri = rt.client.uri(path);
     let h = &mut parts.headers;
-    headers::strip_hop_by_hop(h);
     let spoofable: Vec<_> = h
         .keys()
         .filter(|n| headers::is_spoofable(n) || headers::is_forwarded_family(n.as_str()))
