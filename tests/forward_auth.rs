@@ -405,3 +405,32 @@ async fn request_without_any_host_gets_the_outposts_configuration_error_relayed_
     let sent = last_request(&h);
     assert!(sent.headers.get("x-forwarded-host").is_none());
 }
+
+#[tokio::test]
+async fn dot_segments_in_the_forwarded_uri_are_refused_before_the_outpost() {
+    let h = start(trust_loopback).await;
+    for uri in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/.%2E/admin",
+    ] {
+        let r = get(
+            &h.url("/outpost.goauthentik.io/auth/traefik"),
+            &[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-host", "app.example"),
+                ("x-forwarded-uri", uri),
+            ],
+        )
+        .await;
+        assert_eq!(r.status, 400, "{uri}");
+        assert!(!r.headers.contains_key("x-authentik-username"), "{uri}");
+    }
+    let r = get(
+        &h.url("/outpost.goauthentik.io/auth/nginx"),
+        &[("x-original-url", "https://app.example/public/../admin")],
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(h.outpost.stats().auth_requests, 0);
+}

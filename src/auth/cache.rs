@@ -6,6 +6,7 @@
 //! one user's identity to another. Shards each hold an LRU behind their own mutex; no lock is
 //! held across an `.await`.
 
+use std::collections::HashSet;
 use std::hash::BuildHasher;
 use std::num::NonZeroUsize;
 use std::sync::Mutex;
@@ -21,16 +22,28 @@ use crate::metrics::Lookup;
 
 /// Shards: enough that two cores rarely meet on one lock.
 const SHARDS: usize = 16;
+/// Bytes of the config generation at the start of every key.
+const GENERATION_BYTES: usize = 8;
 /// Separator between the key's fields; header values cannot contain it.
 const FIELD_END: u8 = 0;
 /// Marks the start of the `Authorization` field.
 const AUTH_MARK: u8 = 1;
 
 /// The full key: `generation | host \0 (name=value \0)* \1 authorization`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     bytes: Vec<u8>,
     hash: u64,
+}
+
+impl std::fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes are credentials: show their size, never them.
+        f.debug_struct("CacheKey")
+            .field("hash", &self.hash)
+            .field("len", &self.bytes.len())
+            .finish()
+    }
 }
 
 impl CacheKey {
@@ -76,18 +89,24 @@ impl CacheKey {
 }
 
 /// Whether the key bytes `key` hold any of `cred`'s credentials (a session cookie or the
-/// `Authorization` value), on any host.
+/// `Authorization` value), on any host. Parses the key's fields: one set lookup per field, so a
+/// purge costs O(key bytes) per entry whatever the caller sends.
 fn shares_credential(key: &[u8], cred: &Credentials) -> bool {
     let Some(mark) = key.iter().rposition(|&b| b == AUTH_MARK) else {
         return false;
     };
-    let (cookies, auth) = (&key[..mark], &key[mark + 1..]);
+    let auth = &key[mark + 1..];
     if !auth.is_empty() && cred.authorization.as_deref() == Some(auth) {
         return true;
     }
-    cred.cookies
-        .iter()
-        .any(|c| cookies.windows(c.len()).any(|w| w == c.as_slice()))
+    // Skip the fixed-width generation (its bytes may be anything), then the host.
+    let fields = &key[GENERATION_BYTES.min(mark)..mark];
+    let Some(host_end) = fields.iter().position(|&b| b == FIELD_END) else {
+        return false;
+    };
+    fields[host_end + 1..]
+        .split(|&b| b == FIELD_END)
+        .any(|f| !f.is_empty() && cred.cookies.contains(f))
 }
 
 /// `authentik_proxy_*` pairs of one `Cookie` header value (RFC 6265 section 4.2.1 syntax:
@@ -102,28 +121,44 @@ pub fn session_cookies(header: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
+/// Session cookies a purge looks at: more than any browser holds for one parent domain.
+const MAX_PURGE_COOKIES: usize = 64;
+/// Longest cookie value a purge looks at (the outpost's are under 200 bytes).
+const MAX_PURGE_VALUE: usize = 8 * 1024;
+
 /// The credentials of a sign-out request, for purging.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Credentials {
-    /// `\0name=value\0` needles.
-    cookies: Vec<Vec<u8>>,
+    /// `name=value` of each session cookie.
+    cookies: HashSet<Vec<u8>>,
     authorization: Option<Vec<u8>>,
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("cookies", &self.cookies.len())
+            .field("authorization", &self.authorization.is_some())
+            .finish()
+    }
+}
+
 impl Credentials {
-    /// Collects a caller's credentials.
+    /// Collects a caller's credentials (bounded: see [`MAX_PURGE_COOKIES`]).
     pub fn of(caller: &Caller<'_>) -> Credentials {
-        let mut cookies = Vec::new();
-        for header in caller.cookies() {
-            for (name, value) in session_cookies(header.as_bytes()) {
-                let mut needle = Vec::with_capacity(name.len() + value.len() + 3);
-                needle.push(FIELD_END);
-                needle.extend_from_slice(name);
-                needle.push(b'=');
-                needle.extend_from_slice(value);
-                needle.push(FIELD_END);
-                cookies.push(needle);
-            }
+        let mut cookies = HashSet::new();
+        let pairs = caller
+            .cookies()
+            .iter()
+            .flat_map(|h| session_cookies(h.as_bytes()))
+            .filter(|(_, value)| value.len() <= MAX_PURGE_VALUE)
+            .take(MAX_PURGE_COOKIES);
+        for (name, value) in pairs {
+            let mut pair = Vec::with_capacity(name.len() + value.len() + 1);
+            pair.extend_from_slice(name);
+            pair.push(b'=');
+            pair.extend_from_slice(value);
+            cookies.insert(pair);
         }
         let authorization = caller.authorization().map(|a| a.as_bytes().to_vec());
         Credentials {
@@ -226,15 +261,15 @@ impl Cache {
         if cred.is_empty() {
             return 0;
         }
-        let mut uids = Vec::new();
+        let mut uids = HashSet::new();
         let mut removed = self.remove_where(|e| {
             let hit = shares_credential(&e.key, cred);
             if hit {
-                uids.push(uid_of(&e.identity));
+                uids.insert(uid_of(&e.identity));
             }
             hit
         });
-        uids.retain(|u| !u.is_empty());
+        uids.remove(&[][..]);
         if !uids.is_empty() {
             removed += self.remove_where(|e| uids.contains(&uid_of(&e.identity)));
         }
@@ -294,10 +329,10 @@ impl Cache {
     }
 }
 
-fn uid_of(identity: &Identity) -> Vec<u8> {
+fn uid_of(identity: &Identity) -> bytes::Bytes {
     identity
         .get(&super::headers::X_AUTHENTIK_UID)
-        .map(|v| v.as_bytes().to_vec())
+        .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()))
         .unwrap_or_default()
 }
 
@@ -378,6 +413,31 @@ mod tests {
         assert_eq!(cache.purge(&Credentials::of(&c)), 3);
         assert_eq!(cache.get(&other, now).0, Lookup::Hit);
         assert_eq!(cache.get(&k3, now).0, Lookup::Miss);
+    }
+
+    #[test]
+    fn purge_matches_whole_cookie_fields_only() {
+        let s = RandomState::new();
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let now = Instant::now();
+        let longer = key("authentik_proxy_a=S10", "one", &s).unwrap();
+        let prefixed = key("authentik_proxy_ab=S1", "one", &s).unwrap();
+        cache.insert(&longer, &identity("carol"), now);
+        cache.insert(&prefixed, &identity("dave"), now);
+        let p = parts("authentik_proxy_a=S1", None);
+        let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        assert_eq!(cache.purge(&Credentials::of(&c)), 0);
+        assert_eq!(cache.len(), 2);
+    }
+
+    #[test]
+    fn purge_looks_at_a_bounded_number_of_cookies() {
+        let many: Vec<String> = (0..1000)
+            .map(|i| format!("authentik_proxy_{i:08x}=v{i}"))
+            .collect();
+        let p = parts(&many.join("; "), None);
+        let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        assert_eq!(Credentials::of(&c).cookies.len(), MAX_PURGE_COOKIES);
     }
 
     #[test]

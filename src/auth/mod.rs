@@ -22,11 +22,11 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 
 use self::cache::{CacheKey, Credentials};
-use self::coalesce::{Leader, Role};
+use self::coalesce::{Leader, Role, Shared};
 use self::fallback::Verdict;
 use self::headers::{IDENTITY, X_AUTHENTIK_USERNAME, X_AUTH_FALLBACK};
 use self::outpost::{Failure, Identity, Outcome, Relayed};
-use self::request::{has_outpost_signature, is_sign_out, Caller};
+use self::request::{has_dot_segments, has_outpost_signature, is_sign_out, Caller};
 use crate::app::{App, Runtime};
 use crate::body::Body;
 use crate::error::ProxyError;
@@ -57,6 +57,13 @@ pub async fn check(
     let rt = app.runtime();
     let caller = Caller::new(parts, peer, &rt.config.server.trusted_proxies, tls);
     let forwarded = forwarded_url(endpoint, &caller);
+    if has_dot_segments(forwarded.as_bytes()) {
+        return Answer {
+            response: ProxyError::BadPath.response(),
+            decision: Decision::Error,
+            outpost_seconds: None,
+        };
+    }
     let signed = has_outpost_signature(forwarded.as_bytes());
     if is_sign_out(forwarded.as_bytes()) {
         rt.cache.purge(&Credentials::of(&caller));
@@ -84,8 +91,11 @@ pub async fn check(
     }
     let started = StdInstant::now();
     let outcome = match key.as_ref().map(|k| app.inflight.join(k)) {
-        Some(Role::Waiter(slot)) => waited(app, &rt, endpoint, &caller, slot).await,
-        Some(Role::Leader(leader)) => led(app, &rt, endpoint, &caller, leader, key.as_ref()).await,
+        Some(Role::Waiter(slot)) => waited(app, &rt, endpoint, &caller, slot, &forwarded).await,
+        Some(Role::Leader(leader)) => {
+            let question = (endpoint, &forwarded);
+            led(app, &rt, question, &caller, leader, key.as_ref()).await
+        }
         None => ask(app, &rt, endpoint, &caller).await,
     };
     let seconds = Some(started.elapsed().as_secs_f64());
@@ -165,7 +175,7 @@ async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -
 async fn led(
     app: &App,
     rt: &Runtime,
-    endpoint: Endpoint,
+    (endpoint, forwarded): (Endpoint, &HeaderValue),
     caller: &Caller<'_>,
     leader: Leader<'_>,
     key: Option<&CacheKey>,
@@ -177,29 +187,37 @@ async fn led(
                 .insert(key, &a.identity, tokio::time::Instant::now());
         }
     }
-    leader.publish(&outcome);
+    leader.publish(Shared {
+        outcome: outcome.clone(),
+        endpoint,
+        forwarded: forwarded.clone(),
+    });
     outcome
 }
 
-/// A waiter of a coalesced miss: share the leader's outcome when it is path-independent.
+/// A waiter of a coalesced miss: takes the leader's outcome when it answers this question
+/// ([`Shared::answers`]), else asks for itself.
 async fn waited(
     app: &App,
     rt: &Runtime,
     endpoint: Endpoint,
     caller: &Caller<'_>,
-    slot: tokio::sync::watch::Receiver<Option<Outcome>>,
+    slot: tokio::sync::watch::Receiver<Option<Shared>>,
+    forwarded: &HeaderValue,
 ) -> Outcome {
     app.metrics.coalesced.inc();
     // The leader's exchange is bounded by the same timeout; the grace keeps a waiter that
     // joined in the same timer tick from giving up just before the leader's answer lands.
     let bound = rt.client.timeout() + COALESCE_GRACE;
     let shared = tokio::time::timeout(bound, coalesce::wait(slot)).await;
-    match shared {
-        // An anonymous allow depends on the path (a skip path): never share it across paths.
-        Ok(Some(Outcome::Anonymous(_))) => ask(app, rt, endpoint, caller).await,
-        Ok(Some(outcome)) => outcome,
-        // The leader vanished or took too long: ask for ourselves.
-        _ => ask(app, rt, endpoint, caller).await,
+    match shared
+        .ok()
+        .flatten()
+        .and_then(|s| s.answers(endpoint, forwarded))
+    {
+        Some(outcome) => outcome,
+        // Another question, or the leader vanished or took too long: ask for ourselves.
+        None => ask(app, rt, endpoint, caller).await,
     }
 }
 

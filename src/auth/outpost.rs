@@ -29,7 +29,7 @@ use crate::upstream::client::{ClientError, OutpostClient};
 pub const AUTH_BODY_LIMIT: usize = 256 * 1024;
 
 /// An outpost answer relayed as is (deny, redirect, anonymous allow).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Relayed {
     /// Status code.
     pub status: StatusCode,
@@ -39,13 +39,36 @@ pub struct Relayed {
     pub body: Bytes,
 }
 
+impl std::fmt::Debug for Relayed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Header values include Set-Cookie: names only.
+        f.debug_struct("Relayed")
+            .field("status", &self.status)
+            .field("headers", &self.headers.keys().collect::<Vec<_>>())
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
 /// An authenticated allow.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Allowed {
     /// The cacheable part.
     pub identity: Arc<Identity>,
     /// Headers for this answer only (`Set-Cookie` after header auth, `X-Powered-By`).
     pub extra: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for Allowed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Allowed")
+            .field("identity", &self.identity)
+            .field(
+                "extra",
+                &self.extra.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 /// Why the outpost is judged unavailable for this request.

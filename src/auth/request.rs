@@ -22,7 +22,6 @@ const HTTPS: HeaderValue = HeaderValue::from_static("https");
 pub const SESSION_COOKIE_PREFIX: &str = "authentik_proxy_";
 
 /// One request from a forward-auth caller, with the trust decision made once.
-#[derive(Debug)]
 pub struct Caller<'a> {
     /// The request head.
     pub parts: &'a Parts,
@@ -32,6 +31,19 @@ pub struct Caller<'a> {
     pub trusted: bool,
     /// Whether the connection to us is TLS.
     pub tls: bool,
+}
+
+impl std::fmt::Debug for Caller<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the headers: they carry Cookie and Authorization.
+        f.debug_struct("Caller")
+            .field("method", &self.parts.method)
+            .field("path", &self.parts.uri.path())
+            .field("peer", &self.peer)
+            .field("trusted", &self.trusted)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl<'a> Caller<'a> {
@@ -103,7 +115,12 @@ impl<'a> Caller<'a> {
         if !self.trusted {
             return ip_header(self.peer);
         }
-        let mut lines = self.parts.headers.get_all(&X_FORWARDED_FOR).iter().filter(|v| !v.is_empty());
+        let mut lines = self
+            .parts
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter(|v| !v.is_empty());
         let Some(first) = lines.next() else {
             return ip_header(self.peer);
         };
@@ -203,6 +220,34 @@ pub fn has_outpost_signature(url: &[u8]) -> bool {
         &url[q + 1..],
         &[b"x-authentik-auth-callback", b"x-authentik-logout"],
     )
+}
+
+/// Whether the path of a forwarded URL (absolute, or path and query) has dot-segments (RFC 3986
+/// section 5.2.4) or a backslash, literal or percent-encoded. The outpost matches skip paths on
+/// the raw path while a backend may normalise it, so `/public/../admin` could be let through as
+/// `/public` and served as `/admin` (peers.md section 4 item 3): such URLs are refused.
+pub fn has_dot_segments(url: &[u8]) -> bool {
+    let path = match url.windows(3).position(|w| w == b"://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            rest.iter()
+                .position(|&b| b == b'/')
+                .map_or(&rest[rest.len()..], |p| &rest[p..])
+        }
+        None => url,
+    };
+    let path = path
+        .split(|&b| b == b'?' || b == b'#')
+        .next()
+        .unwrap_or(path);
+    if !path.contains(&b'.') && !path.contains(&b'%') && !path.contains(&b'\\') {
+        return false;
+    }
+    let decoded = percent_decode_lower(path);
+    decoded.contains(&b'\\')
+        || decoded
+            .split(|&b| b == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
 }
 
 /// Whether a forwarded URL is a sign-out (path `/outpost.goauthentik.io/sign_out` or the logout
@@ -306,6 +351,31 @@ mod tests {
         let p = parts(&[("x-forwarded-for", "203.0.113.5, not-an-ip")]);
         let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
         assert_eq!(c.client_ip(&nets), None);
+    }
+
+    #[test]
+    fn dot_segments_are_found_literal_or_encoded() {
+        for url in [
+            &b"/public/../admin"[..],
+            b"/public/%2e%2e/admin",
+            b"/public/%2E./admin",
+            b"/a/./b",
+            b"https://app.example/public/../admin?x=1",
+            b"/public\\..\\admin",
+            b"/public%5cadmin",
+            b"/..",
+        ] {
+            assert!(has_dot_segments(url), "{}", String::from_utf8_lossy(url));
+        }
+        for url in [
+            &b"/public/page"[..],
+            b"/a.b/c..d/.e",
+            b"/group%2Fproject/-/tree",
+            b"https://app.example/x?path=../y",
+            b"/",
+        ] {
+            assert!(!has_dot_segments(url), "{}", String::from_utf8_lossy(url));
+        }
     }
 
     #[test]

@@ -316,8 +316,9 @@ async fn connection(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_read_timeout)
-        // Go canonical case, as the outpost writes them (`X-Authentik-Username`).
-        .title_case_headers(true)
+        // Header names go out lower case (RFC 9110 section 5.1: case-insensitive; Traefik,
+        // Caddy and nginx all match them so). Title-casing cost 5% of a cache hit in hyper's
+        // per-byte writer (perf, benches/RESULTS.md).
         // hyper answers 431 when the head outgrows this buffer.
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
