@@ -62,15 +62,22 @@ pub fn route(path: &str) -> Route {
 /// Dot-segments (RFC 3986 section 5.2.4), encoded dots or slashes, backslashes or empty
 /// segments: anything a server further on might normalise differently.
 fn is_ambiguous(rest: &str) -> bool {
-    let path = rest.split('?').next().unwrap_or(rest);
-    let lower = path.to_ascii_lowercase();
-    path.split('/').any(|seg| seg == "." || seg == "..")
-        || lower.contains("%2e")
-        || lower.contains("%2f")
-        || lower.contains("%5c")
-        || path.contains('\\')
-        || path.contains("//")
-        || path.starts_with('/')
+    let path = rest.split('?').next().unwrap_or(rest).as_bytes();
+    // Escapes of `.`, `/` and `\` (any case): a later hop could decode them into structure.
+    let escaped = path.windows(3).any(|w| {
+        w[0] == b'%'
+            && matches!(
+                [w[1], w[2].to_ascii_lowercase()],
+                [b'2', b'e'] | [b'2', b'f'] | [b'5', b'c']
+            )
+    });
+    escaped
+        || path
+            .split(|&b| b == b'/')
+            .any(|seg| seg == b"." || seg == b"..")
+        || path.contains(&b'\\')
+        || path.windows(2).any(|w| w == b"//")
+        || path.first() == Some(&b'/')
 }
 
 /// Handles one request on the main listener.
