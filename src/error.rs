@@ -27,9 +27,13 @@ pub enum ProxyError {
     /// A passthrough request could not reach the outpost.
     #[error("outpost unreachable for passthrough ({})", .0.as_str())]
     PassthroughFailed(Failure),
-    /// A path with dot-segments or encoded slashes under the outpost prefix.
+    /// A path with dot-segments or encoded slashes under the outpost prefix; in edge mode, a
+    /// path with (encoded) dot-segments or backslashes anywhere.
     #[error("ambiguous path")]
     BadPath,
+    /// Edge mode: a `Host` / `:authority` that is not `name` or `name:port`, or two that differ.
+    #[error("malformed host")]
+    BadHost,
     /// No route.
     #[error("not found")]
     NotFound,
@@ -54,7 +58,7 @@ impl ProxyError {
             ProxyError::PassthroughFailed(Failure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PassthroughFailed(Failure::CircuitOpen) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PassthroughFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::BadPath => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath | ProxyError::BadHost => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BackendUnavailable => StatusCode::BAD_GATEWAY,
@@ -103,6 +107,7 @@ mod tests {
             (ProxyError::PassthroughFailed(Failure::CircuitOpen), 503),
             (ProxyError::PassthroughFailed(Failure::Refused), 502),
             (ProxyError::BadPath, 400),
+            (ProxyError::BadHost, 400),
             (ProxyError::NotFound, 404),
             (ProxyError::HeadTooLarge, 431),
             (ProxyError::BackendUnavailable, 502),

@@ -6,6 +6,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,12 +31,20 @@ use tokio_rustls::client::TlsStream;
 use support::Reply;
 
 /// Hosts of the main certificate; `other.example` has a certificate of its own.
-const MAIN_HOSTS: [&str; 4] = ["app.example", "open.example", "lan.example", "wan.example"];
+const MAIN_HOSTS: [&str; 5] = [
+    "app.example",
+    "open.example",
+    "lan.example",
+    "wan.example",
+    "stall.example",
+];
 
 /// One request as the backend saw it.
 #[derive(Debug, Clone)]
 struct Seen {
     version: http::Version,
+    /// The request target as received (path and query).
+    target: String,
     headers: HeaderMap,
     body: Bytes,
 }
@@ -119,9 +128,44 @@ async fn serve_backend(
 fn record<B>(seen: &Mutex<Vec<Seen>>, req: &Request<B>, body: Bytes) {
     seen.lock().unwrap().push(Seen {
         version: req.version(),
+        target: req.uri().to_string(),
         headers: req.headers().clone(),
         body,
     });
+}
+
+/// A backend that answers every request with a 200 head and one chunk of a chunked body, then
+/// goes silent with the connection open; counts the connections the proxy closed.
+async fn start_stalling_backend() -> (http::Uri, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap())
+        .parse()
+        .unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let counter = closed.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n";
+                stream.write_all(answer).await.unwrap();
+                // Silent until the proxy gives up and closes.
+                while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+                counter.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+    });
+    (url, closed)
 }
 
 /// A self-signed certificate for `names`, written as PEM into `dir`; returns its DER.
@@ -152,6 +196,8 @@ struct Edge {
     app: Arc<App>,
     outpost: FakeOutpost,
     backend: Backend,
+    /// Connections of the stalling backend (`stall.example`) the proxy closed.
+    stall_closed: Arc<AtomicUsize>,
     roots: Vec<CertificateDer<'static>>,
     other_cert: CertConfig,
     _stop: oneshot::Sender<()>,
@@ -163,6 +209,7 @@ async fn start() -> Edge {
     let (other_cert, other_der) = write_cert(&dir, "other", &["other.example"]);
     let outpost = support::outpost().await;
     let backend = Backend::start().await;
+    let (stall_url, stall_closed) = start_stalling_backend().await;
     let mut config: Config = support::config_for(&outpost.url());
     config.edge = Some(EdgeConfig {
         listen_https: "127.0.0.1:0".parse().unwrap(),
@@ -184,6 +231,12 @@ async fn start() -> Edge {
                 &["10.0.0.0/8"],
             ),
             route("other.example", &backend, RouteAuth::None, &[]),
+            RouteConfig {
+                host: "stall.example".to_owned(),
+                backend: stall_url,
+                auth: RouteAuth::None,
+                local_networks: Vec::new(),
+            },
         ],
     });
     let mut listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
@@ -207,6 +260,7 @@ async fn start() -> Edge {
         app,
         outpost,
         backend,
+        stall_closed,
         roots: vec![main_der, other_der],
         other_cert,
         _stop: tx,
@@ -281,6 +335,13 @@ impl Edge {
 
     async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
         self.send("GET", host, path, headers, Bytes::new()).await
+    }
+
+    /// Shortens the backend idle deadlines (body frames, tunnels) for this proxy.
+    fn set_idle_timeouts(&self, stream: Duration, tunnel: Duration) {
+        let rt = self.app.runtime();
+        let edge = rt.edge.as_ref().expect("edge mode");
+        edge.backends.set_idle_timeouts(stream, tunnel);
     }
 
     fn session_cookie(&self) -> String {
@@ -565,4 +626,212 @@ async fn replaced_certificate_is_served_within_seconds() {
     // The other hosts keep their certificate.
     let main = connect(edge.https, "app.example", &roots, &[]).await;
     assert_eq!(presented(&main), edge.roots[0]);
+}
+
+#[tokio::test]
+async fn dot_segment_paths_are_refused_before_auth_and_never_reach_the_backend() {
+    let edge = start().await;
+    // `/public` is the outpost's skip prefix: these passed auth as "public" and a normalising
+    // backend served /admin.
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "/public/..%2fadmin",
+        "/public/.%2E%5cadmin",
+        "/public%5cadmin",
+    ] {
+        let r = edge.get("app.example", path, &[]).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+        // Also where no auth runs at all.
+        let r = edge.get("open.example", path, &[]).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+    }
+    assert!(edge.backend.requests().is_empty());
+    assert_eq!(edge.outpost.stats().auth_requests, 0);
+    let refused = edge
+        .app
+        .metrics
+        .requests_total(Endpoint::Edge, Decision::Error);
+    assert_eq!(refused, 12);
+}
+
+#[tokio::test]
+async fn encoded_slash_inside_a_segment_still_reaches_the_backend() {
+    let edge = start().await;
+    let path = "/api/v4/projects/group%2Fproject/repository/files/a%2Fb.txt?ref=main";
+    let r = edge.get("open.example", path, &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(edge.backend.last().target, path);
+    // The skip prefix still works for a plain public path.
+    let r = edge.get("app.example", "/public/logo.png", &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(edge.backend.last().target, "/public/logo.png");
+}
+
+#[tokio::test]
+async fn malformed_host_is_refused_and_never_routed() {
+    let edge = start().await;
+    for host in [
+        "app.example:1@evil.example",
+        "open.example:1@evil.example",
+        "open.example:evil",
+        "open.example:",
+        "open.example..",
+        "open.example:443:443",
+    ] {
+        let r = edge.get("open.example", "/", &[("host", host)]).await;
+        assert_eq!(r.status, 400, "{host}: {r:?}");
+    }
+    assert!(edge.backend.requests().is_empty());
+    assert_eq!(edge.outpost.stats().auth_requests, 0);
+}
+
+#[tokio::test]
+async fn backend_sees_the_configured_host_and_only_a_numeric_client_port() {
+    let edge = start().await;
+    let r = edge
+        .get("open.example", "/", &[("host", "OPEN.Example.:8443")])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "host"), Some("open.example:8443"));
+    assert_eq!(header(&seen, "x-forwarded-host"), Some("open.example:8443"));
+    let r = edge
+        .get("open.example", "/", &[("host", "Open.Example")])
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "host"), Some("open.example"));
+    assert_eq!(header(&seen, "x-forwarded-host"), Some("open.example"));
+}
+
+/// An HTTP/2 connection to `open.example`.
+async fn h2_sender(edge: &Edge) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let tls = connect(edge.https, "open.example", &edge.roots, &[b"h2"]).await;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+#[tokio::test]
+async fn http2_authority_is_the_host_and_a_conflicting_host_field_is_refused() {
+    let edge = start().await;
+    let mut sender = h2_sender(&edge).await;
+    let req = Request::builder()
+        .uri("https://Open.Example:8443/h2")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "host"), Some("open.example:8443"));
+    assert_eq!(header(&seen, "x-forwarded-host"), Some("open.example:8443"));
+    let req = Request::builder()
+        .uri("https://open.example/h2")
+        .header("host", "app.example")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let req = Request::builder()
+        .uri("https://open.example:1@evil.example/h2")
+        .body(Full::<Bytes>::default());
+    // The client library may refuse userinfo itself; if it sends it, the proxy must refuse.
+    if let Ok(req) = req {
+        if let Ok(resp) = sender.send_request(req).await {
+            assert_eq!(resp.status(), 400);
+        }
+    }
+    assert_eq!(edge.backend.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn backend_that_stalls_after_the_headers_gets_the_client_connection_cut() {
+    let edge = start().await;
+    edge.set_idle_timeouts(Duration::from_millis(300), Duration::from_secs(600));
+    let tls = connect(edge.https, "stall.example", &edge.roots, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = Request::builder()
+        .uri("/report")
+        .header("host", "stall.example")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap();
+    assert_eq!(first.into_data().unwrap(), "hello");
+    let next = tokio::time::timeout(Duration::from_secs(5), body.frame())
+        .await
+        .expect("the proxy gave up on the silent backend within 5 s");
+    assert!(
+        matches!(next, Some(Err(_))),
+        "a cut body, not a clean end: {next:?}"
+    );
+    // The client connection is gone, and so is the backend one.
+    let ended = tokio::time::timeout(Duration::from_secs(5), conn).await;
+    assert!(ended.is_ok(), "client connection still open");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while edge.stall_closed.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "backend connection still open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn client_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
+    let edge = start().await;
+    edge.set_idle_timeouts(Duration::from_millis(300), Duration::from_secs(600));
+    let mut tls = connect(edge.https, "open.example", &edge.roots, &[b"http/1.1"]).await;
+    let head = "POST /upload HTTP/1.1\r\nhost: open.example\r\ncontent-length: 100\r\n\r\n";
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(b"only ten b").await.unwrap();
+    tls.flush().await.unwrap();
+    // The rest never comes: the backend leg must be abandoned, not held for ever.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "no answer within 5 s");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+}
+
+#[tokio::test]
+async fn idle_websocket_tunnel_is_closed_after_the_tunnel_timeout() {
+    let edge = start().await;
+    edge.set_idle_timeouts(Duration::from_secs(60), Duration::from_millis(300));
+    let tls = connect(edge.https, "open.example", &edge.roots, &[b"http/1.1"]).await;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::builder()
+        .uri("/ws")
+        .header("host", "open.example")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"hi").await.unwrap();
+    let mut buf = [0u8; 2];
+    io.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hi");
+    let mut rest = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), io.read(&mut rest))
+        .await
+        .expect("the idle tunnel was closed within 5 s")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed, no data");
 }

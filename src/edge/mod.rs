@@ -2,9 +2,12 @@
 //! forward-auth built in.
 //!
 //! Every request, in this order:
+//! 0. The host must be `name` or `name:digits` (`Host`; HTTP/2 `:authority`, which wins, as an
+//!    HTTP/1.1 absolute-form target does; both present and different: refused), and the path
+//!    must have no dot-segment or backslash, percent-encoded or not ([`path`]): else 400.
 //! 1. `/outpost.goauthentik.io/*` on any host goes to the outpost (the auth tier's passthrough),
 //!    before any route, so login callbacks work on every application host.
-//! 2. The route is found by `Host` (HTTP/2 `:authority`), port and case ignored; none: 404.
+//! 2. The route is found by that host, port and case ignored; none: 404.
 //! 3. The client's `X-authentik-*` family (any spelling), `X-Auth-Fallback`, `Forwarded`,
 //!    `X-Original-*` and every `X-Forwarded-*` are removed, on every path (security rules 2, 3).
 //! 4. `auth = "none"`, or `local-or-auth` from a listed network: proxied without identity
@@ -14,11 +17,15 @@
 //!    the browser as is. A fallback allow also drops the client's `Authorization`: it holds the
 //!    emergency password, which no backend needs.
 //! 5. Towards the backend `X-Forwarded-For` (the TCP peer), `-Proto` (`https`) and `-Host` are
-//!    generated; `Host` stays the client's.
+//!    generated; `Host` and `X-Forwarded-Host` are the route's configured host, plus the
+//!    client's port when it sent one, never the client's text. Bodies stream both ways under
+//!    an idle deadline (`body::STREAM_IDLE_TIMEOUT`), upgraded tunnels under their own
+//!    (`backend::TUNNEL_IDLE_TIMEOUT`).
 //!
 //! The plain HTTP listener only redirects (308) to `https://` on configured hosts (rule 7).
 
 pub mod backend;
+pub mod path;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -31,7 +38,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use self::backend::Backends;
-use self::routes::{Route, RouteTable};
+use self::routes::{ClientHost, Route, RouteTable};
 use crate::app::App;
 use crate::auth::headers::{
     self, X_AUTH_FALLBACK, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
@@ -72,15 +79,29 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let Some(edge) = app.runtime().edge.clone() else {
         return ProxyError::NotFound.response();
     };
-    let host = request_host(&req);
-    let (endpoint, answer) = if req.uri().path().starts_with(OUTPOST_PREFIX) {
-        (Endpoint::Outpost, outpost(&app, req, peer).await)
-    } else if let Some(route) = host.as_deref().and_then(|h| edge.routes.find(h)).cloned() {
-        (Endpoint::Edge, routed(&app, &edge, &route, req, peer).await)
-    } else {
-        log_unrouted(host.as_deref(), peer, StatusCode::NOT_FOUND);
-        return ProxyError::NotFound.response();
+    let checked = request_host(&req);
+    let host = checked.as_ref().ok().and_then(Option::as_ref);
+    let route = host.and_then(|h| edge.routes.find(&h.name)).cloned();
+    let (endpoint, answer) = match (&checked, route) {
+        (Err(err), _) => (Endpoint::Edge, refused(err.clone())),
+        // Before auth, on every route: the outpost and the backend must see the same path.
+        _ if path::is_ambiguous(req.uri().path()) => (Endpoint::Edge, refused(ProxyError::BadPath)),
+        _ if req.uri().path().starts_with(OUTPOST_PREFIX) => {
+            (Endpoint::Outpost, outpost(&app, req, peer).await)
+        }
+        (Ok(Some(h)), Some(route)) => {
+            let port = h.port;
+            (
+                Endpoint::Edge,
+                routed(&app, &edge, &route, port, req, peer).await,
+            )
+        }
+        (Ok(_), _) => {
+            log_unrouted(host.map(|h| h.name.as_str()), peer, StatusCode::NOT_FOUND);
+            return ProxyError::NotFound.response();
+        }
     };
+    let host = host.map_or("", |h| h.name.as_str());
     let seconds = started.elapsed().as_secs_f64();
     app.metrics.request(endpoint, answer.decision, seconds);
     tracing::info!(
@@ -88,7 +109,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         endpoint = endpoint.as_str(),
         decision = answer.decision.as_str(),
         status = answer.response.status().as_u16(),
-        host = host.as_deref().unwrap_or(""),
+        host,
         duration_ms = seconds * 1000.0,
         outpost_ms = answer.outpost_seconds.map(|s| s * 1000.0),
         peer = %peer.ip(),
@@ -105,13 +126,20 @@ pub fn redirect(
     https_port: u16,
 ) -> Response<Body> {
     let rt = app.runtime();
-    let host = request_host(req);
+    let host = match request_host(req) {
+        Ok(host) => host,
+        Err(err) => {
+            log_unrouted(None, peer, err.status());
+            return err.response();
+        }
+    };
+    let name = host.as_ref().map(|h| h.name.as_str());
     let route = rt
         .edge
         .as_ref()
-        .and_then(|e| host.as_deref().and_then(|h| e.routes.find(h)));
+        .and_then(|e| name.and_then(|h| e.routes.find(h)));
     let Some(route) = route else {
-        log_unrouted(host.as_deref(), peer, StatusCode::NOT_FOUND);
+        log_unrouted(name, peer, StatusCode::NOT_FOUND);
         return ProxyError::NotFound.response();
     };
     let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
@@ -126,7 +154,7 @@ pub fn redirect(
     if let Ok(v) = HeaderValue::from_str(&location) {
         resp.headers_mut().insert(http::header::LOCATION, v);
     }
-    log_unrouted(host.as_deref(), peer, resp.status());
+    log_unrouted(name, peer, resp.status());
     resp
 }
 
@@ -140,22 +168,67 @@ fn log_unrouted(host: Option<&str>, peer: SocketAddr, status: StatusCode) {
     );
 }
 
-/// `Host`, else the HTTP/2 `:authority`.
-fn request_host<B>(req: &Request<B>) -> Option<String> {
-    if let Some(h) = req.headers().get(HOST).and_then(|v| v.to_str().ok()) {
-        return Some(h.to_owned());
+/// A request's host after [`ClientHost::parse`]: the name as sent (for the route lookup and
+/// the log) and the port, if the client named one.
+#[derive(Debug)]
+struct RequestHost {
+    name: String,
+    port: Option<u16>,
+}
+
+/// The request's host: the target's authority (HTTP/2 `:authority`, or an HTTP/1.1
+/// absolute-form target, which RFC 9112 section 3.2.2 puts before `Host`), else the one `Host`
+/// field. Malformed, several `Host` fields (RFC 9112 section 3.2), or an authority and a
+/// `Host` naming different hosts (RFC 9113 section 8.3.1): [`ProxyError::BadHost`].
+fn request_host<B>(req: &Request<B>) -> Result<Option<RequestHost>, ProxyError> {
+    let mut fields = req.headers().get_all(HOST).iter();
+    let field = fields.next();
+    if fields.next().is_some() {
+        return Err(ProxyError::BadHost);
     }
-    req.uri().authority().map(|a| a.as_str().to_owned())
+    let field = field
+        .map(|v| v.to_str().ok().and_then(ClientHost::parse))
+        .map(|h| h.ok_or(ProxyError::BadHost))
+        .transpose()?;
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| ClientHost::parse(a.as_str()).ok_or(ProxyError::BadHost))
+        .transpose()?;
+    let host = match (authority, field) {
+        (Some(a), Some(f)) if !a.same(&f) => return Err(ProxyError::BadHost),
+        (Some(h), _) | (None, Some(h)) => h,
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(RequestHost {
+        name: host.name.to_owned(),
+        port: host.port,
+    }))
+}
+
+/// What the proxy refuses by itself, as an answer.
+fn refused(err: ProxyError) -> Answer {
+    Answer {
+        response: err.response(),
+        decision: Decision::Error,
+        outpost_seconds: None,
+    }
+}
+
+/// The `Host` the backend (and the outpost) sees: the route's configured host, plus the
+/// client's port when it sent one.
+fn forwarded_host(route: &Route, port: Option<u16>) -> HeaderValue {
+    match port {
+        None => route.host_header.clone(),
+        Some(port) => HeaderValue::from_str(&format!("{}:{port}", route.host))
+            .unwrap_or_else(|_| route.host_header.clone()),
+    }
 }
 
 /// `/outpost.goauthentik.io/*`: the auth tier's passthrough, ambiguous paths refused.
 async fn outpost(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     if router::route(req.uri().path()) == router::Route::BadPath {
-        return Answer {
-            response: ProxyError::BadPath.response(),
-            decision: Decision::Error,
-            outpost_seconds: None,
-        };
+        return refused(ProxyError::BadPath);
     }
     router::pass(app, req, peer, true).await
 }
@@ -165,11 +238,16 @@ async fn routed(
     app: &App,
     edge: &Edge,
     route: &Route,
+    port: Option<u16>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Answer {
     let upgrade = upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
+    // From here on the host is the configured one: the outpost builds its redirects from it
+    // and the backend its links (security rule 7).
+    let host = forwarded_host(route, port);
+    parts.headers.insert(HOST, host.clone());
     let client = {
         let trusted = &app.runtime().config.server.trusted_proxies;
         Caller::new(&parts, peer.ip(), trusted, true).client_ip(trusted)
@@ -195,7 +273,8 @@ async fn routed(
         (answer.decision, answer.outpost_seconds)
     };
     let (protocol, on_upgrade) = upgrade.unzip();
-    let backend_req = backend_request(route, parts, body, peer, protocol);
+    let body = Body::watched(body, edge.backends.stream_idle_timeout());
+    let backend_req = backend_request(route, host, parts, body, peer, protocol);
     let response = edge
         .backends
         .send(backend_req, on_upgrade)
@@ -255,20 +334,15 @@ fn apply_identity(h: &mut HeaderMap, answer: &HeaderMap, decision: Decision) {
 }
 
 /// The request towards the backend: absolute URI, hop-by-hop removed (the upgrade kept when
-/// asked), `Host` kept, `X-Forwarded-*` generated, HTTP/1.1.
+/// asked), `Host` and `X-Forwarded-Host` set to `host`, `X-Forwarded-*` generated, HTTP/1.1.
 fn backend_request(
     route: &Route,
+    host: HeaderValue,
     mut parts: http::request::Parts,
-    body: Incoming,
+    body: Body,
     peer: SocketAddr,
     upgrade: Option<HeaderValue>,
 ) -> Request<Body> {
-    let host = parts.headers.get(HOST).cloned().or_else(|| {
-        parts
-            .uri
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
     let mut uri = http::uri::Parts::default();
     uri.scheme = Some(route.scheme.clone());
     uri.authority = Some(route.authority.clone());
@@ -287,17 +361,15 @@ fn backend_request(
         h.insert(CONNECTION, UPGRADE_TOKEN);
         h.insert(http::header::UPGRADE, protocol);
     }
-    if let Some(host) = host {
-        h.insert(HOST, host.clone());
-        h.insert(X_FORWARDED_HOST, host);
-    }
+    h.insert(HOST, host.clone());
+    h.insert(X_FORWARDED_HOST, host);
     let ip = peer.ip().to_canonical().to_string();
     if let Ok(v) = HeaderValue::from_str(&ip) {
         h.insert(X_FORWARDED_FOR, v);
     }
     h.insert(X_FORWARDED_PROTO, HTTPS);
     parts.version = http::Version::HTTP_11;
-    Request::from_parts(parts, Body::Stream(body))
+    Request::from_parts(parts, body)
 }
 
 /// HTTP/2 clients may split `Cookie` into several fields; an HTTP/1.1 backend needs one,

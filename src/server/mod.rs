@@ -244,6 +244,11 @@ async fn tls_accept_loop(
     }
 }
 
+/// Edge HTTP/2: a PING after this long without a frame from the client.
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// Edge HTTP/2: the connection is closed when a PING is not acknowledged within this.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// One edge connection: the TLS handshake (bounded by `server.header_read_timeout`), then
 /// HTTP/1.1 or HTTP/2 as ALPN chose, upgrades allowed, until it ends or the stop signal.
 async fn tls_connection(
@@ -267,9 +272,13 @@ async fn tls_connection(
         .header_read_timeout(cfg.header_read_timeout)
         .max_buf_size(cfg.max_header_bytes.max(8192))
         .keep_alive(true);
+    // Pings find dead HTTP/2 connections (a vanished phone, a NAT that dropped the flow) that
+    // would otherwise hold their streams open forever (security rule 6).
     builder
         .http2()
         .timer(TokioTimer::new())
+        .keep_alive_interval(Some(H2_KEEPALIVE_INTERVAL))
+        .keep_alive_timeout(H2_KEEPALIVE_TIMEOUT)
         .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
     let max_head = cfg.max_header_bytes;
     let service = service_fn(move |req| {

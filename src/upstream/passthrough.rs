@@ -46,7 +46,10 @@ pub async fn forward(
     };
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, Body::Stream(body)))
+    Ok(Response::from_parts(
+        parts,
+        Body::watched(body, crate::body::STREAM_IDLE_TIMEOUT),
+    ))
 }
 
 fn build(
