@@ -144,7 +144,7 @@ impl std::fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// Collects a caller's credentials (bounded: see [`MAX_PURGE_COOKIES`]).
+    /// Collects a caller's credentials (bounded: at most 64 session cookies of up to 8 KiB).
     pub fn of(caller: &Caller<'_>) -> Credentials {
         let mut cookies = HashSet::new();
         let pairs = caller

@@ -1,8 +1,8 @@
 //! The forward-auth pipeline: cache, then breaker, then outpost, then fallback, then headers.
 //!
-//! Every answer leaves through [`respond`], which guarantees security rule 2: every 2xx carries
-//! the full identity header set, empty where not applicable, so nothing a client sent can survive
-//! the caller's copy. Only [`Failure`]s that fall back may reach the emergency realm.
+//! Every 2xx leaves through [`allow_response`] or the fallback's allow, which guarantee security
+//! rule 2: the full identity header set, empty where not applicable, so nothing a client sent can
+//! survive the caller's copy. Only [`Failure`]s that fall back may reach the emergency realm.
 
 pub mod cache;
 pub mod coalesce;
