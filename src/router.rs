@@ -102,6 +102,19 @@ pub async fn handle(
         Route::BadPath => (Endpoint::Outpost, refused(ProxyError::BadPath)),
         Route::NotFound => return ProxyError::NotFound.response(),
     };
+    finish(&app, endpoint, answer, started, peer, None)
+}
+
+/// The tail of every answered request (main listener and edge): counts it in the metrics and
+/// writes its access-log line; `host` (edge mode only) is logged when given.
+pub(crate) fn finish(
+    app: &App,
+    endpoint: Endpoint,
+    answer: Answer,
+    started: Instant,
+    peer: SocketAddr,
+    host: Option<&str>,
+) -> Response<Body> {
     let seconds = started.elapsed().as_secs_f64();
     app.metrics.request(endpoint, answer.decision, seconds);
     tracing::info!(
@@ -109,6 +122,7 @@ pub async fn handle(
         endpoint = endpoint.as_str(),
         decision = answer.decision.as_str(),
         status = answer.response.status().as_u16(),
+        host,
         duration_ms = seconds * 1000.0,
         outpost_ms = answer.outpost_seconds.map(|s| s * 1000.0),
         peer = %peer.ip(),

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use portcullis::config::Config;
 use portcullis::demo::outpost::Behaviour;
 use portcullis::metrics::{Decision, Endpoint};
 use support::*;
@@ -76,6 +77,30 @@ fn is_open(h: &Harness) -> bool {
     h.app.runtime().breaker.is_open()
 }
 
+/// Loopback trusted, `trip_after` consecutive failures open the breaker, and no probe during the
+/// test; then `tweak`.
+async fn start_unprobed(trip_after: u32, tweak: impl FnOnce(&mut Config)) -> Harness {
+    start(|c| {
+        trust_loopback(c);
+        c.fallback.trip_after = trip_after;
+        c.fallback.probe_interval = Duration::from_secs(60);
+        tweak(c);
+    })
+    .await
+}
+
+/// `requests_total` of the Traefik endpoint for `decision`.
+fn traefik_total(h: &Harness, decision: Decision) -> u64 {
+    h.app.metrics.requests_total(Endpoint::Traefik, decision)
+}
+
+/// Asserts a plain allow of `akadmin` (outpost answer, not the fallback).
+fn assert_allowed_as_akadmin(r: &Reply) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.header("x-authentik-username"), Some("akadmin"));
+    assert_eq!(r.header("x-auth-fallback"), None);
+}
+
 #[tokio::test]
 async fn refused_outpost_falls_back_on_the_first_request_and_opens_at_once() {
     let outpost = outpost().await;
@@ -93,15 +118,9 @@ async fn refused_outpost_falls_back_on_the_first_request_and_opens_at_once() {
 
 #[tokio::test]
 async fn black_holed_outpost_costs_the_timeout_trip_after_times_then_nothing() {
-    let h = start(|c| {
-        trust_loopback(c);
-        c.outpost.timeout = Duration::from_millis(300);
-        c.fallback.trip_after = 3;
-        // No probe during the test: it would count as a black-holed exchange, not an auth request,
-        // but keeps the fake busy.
-        c.fallback.probe_interval = Duration::from_secs(60);
-    })
-    .await;
+    // No probe during the test: it would count as a black-holed exchange, not an auth request,
+    // but keeps the fake busy.
+    let h = start_unprobed(3, |c| c.outpost.timeout = Duration::from_millis(300)).await;
     h.outpost.set_behaviour(Behaviour::BlackHole);
     let cookie = h.session_cookie("akadmin");
 
@@ -136,13 +155,7 @@ async fn black_holed_outpost_costs_the_timeout_trip_after_times_then_nothing() {
 
 #[tokio::test]
 async fn an_answer_slower_than_the_timeout_counts_as_a_failure() {
-    let h = start(|c| {
-        trust_loopback(c);
-        c.outpost.timeout = Duration::from_millis(300);
-        c.fallback.trip_after = 2;
-        c.fallback.probe_interval = Duration::from_secs(60);
-    })
-    .await;
+    let h = start_unprobed(2, |c| c.outpost.timeout = Duration::from_millis(300)).await;
     h.outpost
         .set_behaviour(Behaviour::Delay(Duration::from_secs(1)));
     let cookie = h.session_cookie("akadmin");
@@ -197,28 +210,13 @@ async fn outpost_401_and_302_are_relayed_and_never_fall_back() {
         }
     }
     assert!(!is_open(&h), "answers never open the breaker");
-    assert_eq!(
-        h.app
-            .metrics
-            .requests_total(Endpoint::Traefik, Decision::Deny),
-        6
-    );
-    assert_eq!(
-        h.app
-            .metrics
-            .requests_total(Endpoint::Traefik, Decision::FallbackDeny),
-        0
-    );
+    assert_eq!(traefik_total(&h, Decision::Deny), 6);
+    assert_eq!(traefik_total(&h, Decision::FallbackDeny), 0);
 }
 
 #[tokio::test]
 async fn a_relayed_answer_resets_the_consecutive_failure_count() {
-    let h = start(|c| {
-        trust_loopback(c);
-        c.fallback.trip_after = 3;
-        c.fallback.probe_interval = Duration::from_secs(60);
-    })
-    .await;
+    let h = start_unprobed(3, |_| {}).await;
     let step = |code: u16| {
         h.outpost.set_behaviour(Behaviour::Status(code));
         timed_check(&h, &[])
@@ -267,16 +265,9 @@ async fn the_probe_closes_the_breaker_when_the_outpost_returns() {
 
     let before = h.outpost.stats().auth_requests;
     let (r, _) = timed_check(&h, &[("cookie", &cookie)]).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.header("x-authentik-username"), Some("akadmin"));
-    assert_eq!(r.header("x-auth-fallback"), None);
+    assert_allowed_as_akadmin(&r);
     assert_eq!(h.outpost.stats().auth_requests, before + 1);
-    assert_eq!(
-        h.app
-            .metrics
-            .requests_total(Endpoint::Traefik, Decision::Allow),
-        1
-    );
+    assert_eq!(traefik_total(&h, Decision::Allow), 1);
     assert_gauges(&h, 1.0, 0.0).await;
 }
 
@@ -321,13 +312,7 @@ async fn slow_503(delay: Duration) -> (String, std::sync::Arc<std::sync::atomic:
 #[tokio::test]
 async fn coalesced_requests_onto_one_failing_exchange_count_once() {
     let (url, exchanges) = slow_503(Duration::from_millis(200)).await;
-    let h = start(|c| {
-        trust_loopback(c);
-        c.outpost.url = url.parse().unwrap();
-        c.fallback.trip_after = 2;
-        c.fallback.probe_interval = Duration::from_secs(60);
-    })
-    .await;
+    let h = start_unprobed(2, |c| c.outpost.url = url.parse().unwrap()).await;
     let cookie = format!("{}=same-session", h.outpost.cookie_name());
     let mut tasks = Vec::new();
     for _ in 0..20 {
@@ -354,13 +339,7 @@ async fn coalesced_requests_onto_one_failing_exchange_count_once() {
 
 #[tokio::test]
 async fn coalesced_requests_onto_one_black_holed_exchange_count_once() {
-    let h = start(|c| {
-        trust_loopback(c);
-        c.outpost.timeout = Duration::from_millis(300);
-        c.fallback.trip_after = 2;
-        c.fallback.probe_interval = Duration::from_secs(60);
-    })
-    .await;
+    let h = start_unprobed(2, |c| c.outpost.timeout = Duration::from_millis(300)).await;
     h.outpost.set_behaviour(Behaviour::BlackHole);
     let cookie = h.session_cookie("akadmin");
     let mut tasks = Vec::new();
@@ -400,27 +379,14 @@ async fn cached_allows_keep_answering_during_an_outage() {
     // ...while the cached one keeps its identity.
     for _ in 0..3 {
         let (r, _) = timed_check(&h, &[("cookie", &cookie)]).await;
-        assert_eq!(r.status, 200, "{r:?}");
-        assert_eq!(r.header("x-authentik-username"), Some("akadmin"));
-        assert_eq!(r.header("x-auth-fallback"), None);
+        assert_allowed_as_akadmin(&r);
     }
-    assert_eq!(
-        h.app
-            .metrics
-            .requests_total(Endpoint::Traefik, Decision::AllowCached),
-        3
-    );
+    assert_eq!(traefik_total(&h, Decision::AllowCached), 3);
 }
 
 #[tokio::test]
 async fn disabled_fallback_fails_closed_with_503() {
-    let h = start(|c| {
-        trust_loopback(c);
-        c.fallback.enabled = false;
-        c.fallback.trip_after = 1;
-        c.fallback.probe_interval = Duration::from_secs(60);
-    })
-    .await;
+    let h = start_unprobed(1, |c| c.fallback.enabled = false).await;
     assert!(h.app.runtime().realm.is_none());
     h.outpost.set_behaviour(Behaviour::Status(503));
     let creds = basic(FALLBACK_USER, FALLBACK_PASSWORD);
@@ -431,12 +397,7 @@ async fn disabled_fallback_fails_closed_with_503() {
         assert_eq!(r.header("x-auth-fallback"), None);
     }
     assert!(is_open(&h));
-    assert_eq!(
-        h.app
-            .metrics
-            .requests_total(Endpoint::Traefik, Decision::Error),
-        2
-    );
+    assert_eq!(traefik_total(&h, Decision::Error), 2);
     let text = metrics_text(&h).await;
     assert_eq!(
         sample(

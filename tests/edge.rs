@@ -291,6 +291,49 @@ async fn connect(
     connector.connect(server_name, tcp).await.unwrap()
 }
 
+/// An HTTP/1.1 connection over TLS to `host` (SNI), its connection task spawned (upgrades
+/// allowed); the task's handle tells when the proxy closed the connection.
+async fn h1_sender(
+    edge: &Edge,
+    host: &str,
+) -> (
+    hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+) {
+    let tls = connect(edge.https, host, &edge.roots, &[b"http/1.1"]).await;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    (sender, tokio::spawn(conn.with_upgrades()))
+}
+
+/// An HTTP/2 connection over `tls`, its connection task spawned.
+async fn h2_handshake(
+    tls: TlsStream<TcpStream>,
+) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// A WebSocket upgrade of `/ws` on `open.example`, answered 101 by the backend through the proxy.
+async fn open_websocket(edge: &Edge) -> Response<Incoming> {
+    let (mut sender, _conn) = h1_sender(edge, "open.example").await;
+    let req = Request::builder()
+        .uri("/ws")
+        .header("host", "open.example")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    resp
+}
+
 /// The leaf certificate the server presented.
 fn presented(tls: &TlsStream<TcpStream>) -> CertificateDer<'static> {
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
@@ -306,11 +349,7 @@ impl Edge {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Reply {
-        let tls = connect(self.https, host, &self.roots, &[b"http/1.1"]).await;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
+        let (mut sender, _conn) = h1_sender(self, host).await;
         let mut b = Request::builder().method(method).uri(path);
         if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
             b = b.header("host", host);
@@ -342,6 +381,17 @@ impl Edge {
         let rt = self.app.runtime();
         let edge = rt.edge.as_ref().expect("edge mode");
         edge.backends.set_idle_timeouts(stream, tunnel);
+    }
+
+    /// `requests_total` of the edge endpoint for `decision`.
+    fn requests_total(&self, decision: Decision) -> u64 {
+        self.app.metrics.requests_total(Endpoint::Edge, decision)
+    }
+
+    /// Neither the backend nor the outpost's auth endpoint saw a request.
+    fn assert_nothing_reached(&self) {
+        assert!(self.backend.requests().is_empty());
+        assert_eq!(self.outpost.stats().auth_requests, 0);
     }
 
     fn session_cookie(&self) -> String {
@@ -394,11 +444,7 @@ async fn required_route_without_session_relays_the_outpost_redirect() {
     assert_eq!(auth.headers["x-forwarded-proto"], "https");
     assert_eq!(auth.headers["x-forwarded-host"], "app.example");
     assert_eq!(auth.headers["x-forwarded-uri"], "/dashboard");
-    let deny = edge
-        .app
-        .metrics
-        .requests_total(Endpoint::Edge, Decision::Deny);
-    assert_eq!(deny, 1);
+    assert_eq!(edge.requests_total(Decision::Deny), 1);
 }
 
 #[tokio::test]
@@ -415,12 +461,7 @@ async fn session_reaches_backend_with_identity_and_client_identity_is_gone() {
     assert_eq!(header(&seen, "host"), Some("app.example"));
     assert_eq!(header(&seen, "x-forwarded-proto"), Some("https"));
     assert_eq!(header(&seen, "x-forwarded-host"), Some("app.example"));
-    assert_eq!(
-        edge.app
-            .metrics
-            .requests_total(Endpoint::Edge, Decision::Allow),
-        1
-    );
+    assert_eq!(edge.requests_total(Decision::Allow), 1);
 }
 
 #[tokio::test]
@@ -432,11 +473,7 @@ async fn unauthenticated_route_reaches_backend_and_still_strips_client_identity(
     assert_no_spoofed_headers(&seen);
     assert_eq!(header(&seen, "x-authentik-groups"), None);
     assert_eq!(edge.outpost.stats().auth_requests, 0);
-    let passed = edge
-        .app
-        .metrics
-        .requests_total(Endpoint::Edge, Decision::Passthrough);
-    assert_eq!(passed, 1);
+    assert_eq!(edge.requests_total(Decision::Passthrough), 1);
 }
 
 #[tokio::test]
@@ -528,11 +565,7 @@ async fn http2_over_alpn_reaches_the_backend_as_http1() {
     )
     .await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let mut sender = h2_handshake(tls).await;
     let req = Request::builder()
         .uri("https://open.example/h2")
         .header("x-authentik-username", "mallory")
@@ -550,20 +583,7 @@ async fn http2_over_alpn_reaches_the_backend_as_http1() {
 #[tokio::test]
 async fn websocket_upgrade_tunnels_bytes_both_ways() {
     let edge = start().await;
-    let tls = connect(edge.https, "open.example", &edge.roots, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let req = Request::builder()
-        .uri("/ws")
-        .header("host", "open.example")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let resp = open_websocket(&edge).await;
     assert_eq!(resp.headers()["upgrade"], "websocket");
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
     for msg in [&b"hello"[..], b"over the tunnel"] {
@@ -647,13 +667,8 @@ async fn dot_segment_paths_are_refused_before_auth_and_never_reach_the_backend()
         let r = edge.get("open.example", path, &[]).await;
         assert_eq!(r.status, 400, "{path}: {r:?}");
     }
-    assert!(edge.backend.requests().is_empty());
-    assert_eq!(edge.outpost.stats().auth_requests, 0);
-    let refused = edge
-        .app
-        .metrics
-        .requests_total(Endpoint::Edge, Decision::Error);
-    assert_eq!(refused, 12);
+    edge.assert_nothing_reached();
+    assert_eq!(edge.requests_total(Decision::Error), 12);
 }
 
 #[tokio::test]
@@ -683,8 +698,7 @@ async fn malformed_host_is_refused_and_never_routed() {
         let r = edge.get("open.example", "/", &[("host", host)]).await;
         assert_eq!(r.status, 400, "{host}: {r:?}");
     }
-    assert!(edge.backend.requests().is_empty());
-    assert_eq!(edge.outpost.stats().auth_requests, 0);
+    edge.assert_nothing_reached();
 }
 
 #[tokio::test]
@@ -709,12 +723,7 @@ async fn backend_sees_the_configured_host_and_only_a_numeric_client_port() {
 /// An HTTP/2 connection to `open.example`.
 async fn h2_sender(edge: &Edge) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let tls = connect(edge.https, "open.example", &edge.roots, &[b"h2"]).await;
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    sender
+    h2_handshake(tls).await
 }
 
 #[tokio::test]
@@ -753,11 +762,7 @@ async fn http2_authority_is_the_host_and_a_conflicting_host_field_is_refused() {
 async fn backend_that_stalls_after_the_headers_gets_the_client_connection_cut() {
     let edge = start().await;
     edge.set_idle_timeouts(Duration::from_millis(300), Duration::from_secs(600));
-    let tls = connect(edge.https, "stall.example", &edge.roots, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h1_sender(&edge, "stall.example").await;
     let req = Request::builder()
         .uri("/report")
         .header("host", "stall.example")
@@ -809,20 +814,7 @@ async fn client_that_stalls_mid_body_is_cut_after_the_idle_timeout() {
 async fn idle_websocket_tunnel_is_closed_after_the_tunnel_timeout() {
     let edge = start().await;
     edge.set_idle_timeouts(Duration::from_secs(60), Duration::from_millis(300));
-    let tls = connect(edge.https, "open.example", &edge.roots, &[b"http/1.1"]).await;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn.with_upgrades());
-    let req = Request::builder()
-        .uri("/ws")
-        .header("host", "open.example")
-        .header("connection", "Upgrade")
-        .header("upgrade", "websocket")
-        .body(Full::<Bytes>::default())
-        .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let resp = open_websocket(&edge).await;
     let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
     io.write_all(b"hi").await.unwrap();
     let mut buf = [0u8; 2];

@@ -33,6 +33,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use portcullis::demo::outpost::RecordedRequest;
 use support::*;
 use tokio::net::TcpListener;
 
@@ -208,13 +209,8 @@ fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// A port that was free a moment ago (see the module docs for the race).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// Starts a child with `spawn(port, dir)` until one accepts connections on its port.
+/// Starts a child with `spawn(port, dir)` until one accepts connections on its port (a port from
+/// `free_port`, free a moment ago; see the module docs for the race).
 async fn start_child(
     name: &'static str,
     spawn: impl Fn(u16, &Path) -> std::process::Child,
@@ -266,9 +262,21 @@ async fn wait_ready(guard: &mut ChildGuard) -> Result<(), String> {
     }
 }
 
-fn output_to(log: &Path) -> (Stdio, Stdio) {
+/// Writes `conf` to `dir/conf_name` and returns its path.
+fn write_conf(dir: &Path, conf_name: &str, conf: String) -> PathBuf {
+    let conf_path = dir.join(conf_name);
+    std::fs::write(&conf_path, conf).unwrap();
+    conf_path
+}
+
+/// Spawns `cmd` with no stdin and stdout + stderr both going to `log`.
+fn spawn_logged(cmd: &mut Command, log: &Path, what: &str) -> std::process::Child {
     let f = std::fs::File::create(log).unwrap();
-    (Stdio::from(f.try_clone().unwrap()), Stdio::from(f))
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(f.try_clone().unwrap()))
+        .stderr(Stdio::from(f))
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"))
 }
 
 /// nginx on a fresh port with the authentik-style config, in front of `portcullis` and `backend`.
@@ -279,24 +287,20 @@ async fn start_nginx(bin: &Path, portcullis: SocketAddr, backend: SocketAddr) ->
             .replace("@LISTEN@", &format!("127.0.0.1:{port}"))
             .replace("@PORTCULLIS@", &portcullis.to_string())
             .replace("@BACKEND@", &backend.to_string());
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = dir.join("stderr.log");
-        let (out, err) = output_to(&log);
-        Command::new(bin)
-            .arg("-p")
-            .arg(dir)
-            .arg("-c")
-            .arg(&conf_path)
-            // The start-up error log, before the config's own `error_log` applies.
-            .arg("-e")
-            .arg(dir.join("error.log"))
-            .args(["-g", "daemon off;"])
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn nginx")
+        let conf_path = write_conf(dir, "nginx.conf", conf);
+        spawn_logged(
+            Command::new(bin)
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(&conf_path)
+                // The start-up error log, before the config's own `error_log` applies.
+                .arg("-e")
+                .arg(dir.join("error.log"))
+                .args(["-g", "daemon off;"]),
+            &dir.join("stderr.log"),
+            "nginx",
+        )
     })
     .await
 }
@@ -308,21 +312,17 @@ async fn start_caddy(bin: &Path, portcullis: SocketAddr, backend: SocketAddr) ->
             .replace("@LISTEN_PORT@", &port.to_string())
             .replace("@PORTCULLIS@", &portcullis.to_string())
             .replace("@BACKEND@", &backend.to_string());
-        let conf_path = dir.join("Caddyfile");
-        std::fs::write(&conf_path, conf).unwrap();
-        let log = dir.join("caddy.log");
-        let (out, err) = output_to(&log);
-        Command::new(bin)
-            .args(["run", "--adapter", "caddyfile", "--config"])
-            .arg(&conf_path)
-            .env("HOME", dir)
-            .env("XDG_CONFIG_HOME", dir.join("config"))
-            .env("XDG_DATA_HOME", dir.join("data"))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .expect("spawn caddy")
+        let conf_path = write_conf(dir, "Caddyfile", conf);
+        spawn_logged(
+            Command::new(bin)
+                .args(["run", "--adapter", "caddyfile", "--config"])
+                .arg(&conf_path)
+                .env("HOME", dir)
+                .env("XDG_CONFIG_HOME", dir.join("config"))
+                .env("XDG_DATA_HOME", dir.join("data")),
+            &dir.join("caddy.log"),
+            "caddy",
+        )
     })
     .await
 }
@@ -394,6 +394,8 @@ fn parse_curl(raw: &str) -> CurlReply {
 
 /// Everything one test needs running.
 struct Stack {
+    /// `nginx` or `caddy`, for the report lines.
+    name: &'static str,
     harness: Harness,
     backend: Backend,
     proxy: ChildGuard,
@@ -401,35 +403,157 @@ struct Stack {
 }
 
 impl Stack {
+    /// The fake outpost, portcullis (loopback trusted), the backend and the child proxy `name`
+    /// (`nginx` or `caddy`) in front of them; `None` when the test should be skipped.
+    async fn start(name: &'static str) -> Option<Stack> {
+        let bins = binaries(&[name, "curl"])?;
+        let harness = start(trust_loopback).await;
+        let backend = Backend::start().await;
+        let proxy = match name {
+            "nginx" => start_nginx(&bins[0], harness.proxy, backend.addr).await,
+            "caddy" => start_caddy(&bins[0], harness.proxy, backend.addr).await,
+            other => unreachable!("no interop config for {other}"),
+        };
+        Some(Stack {
+            name,
+            harness,
+            backend,
+            proxy,
+            curl: bins[1].clone(),
+        })
+    }
+
     async fn get(&self, path: &str, headers: &[(&str, &str)]) -> CurlReply {
         curl(&self.curl, self.proxy.port, path, headers).await
     }
+
+    /// `get`, then prints what was observed under `case`.
+    async fn get_reported(&self, case: &str, path: &str, headers: &[(&str, &str)]) -> CurlReply {
+        let r = self.get(path, headers).await;
+        report(self.name, case, &r);
+        r
+    }
+
+    /// `/dashboard?tab=1` with an `akadmin` session cookie and a forged client username.
+    async fn get_with_session(&self) -> CurlReply {
+        let cookie = self.harness.session_cookie("akadmin");
+        self.get_reported(
+            "session cookie + client X-authentik-username: mallory",
+            "/dashboard?tab=1",
+            &[("Cookie", &cookie), ("X-authentik-username", "mallory")],
+        )
+        .await
+    }
+
+    /// `/public/page` (the outpost's skip prefix) with a forged client username.
+    async fn get_skip_path(&self) -> CurlReply {
+        self.get_reported(
+            "skip path /public + client X-authentik-username: mallory",
+            "/public/page",
+            &[("X-authentik-username", "mallory")],
+        )
+        .await
+    }
+
+    /// `/outpost.goauthentik.io/start` with an `rd` back to the app.
+    async fn get_start(&self) -> CurlReply {
+        let rd = format!("http://{APP_HOST}/dashboard");
+        self.get_reported(
+            "/outpost.goauthentik.io/start",
+            &format!("/outpost.goauthentik.io/start?rd={rd}"),
+            &[],
+        )
+        .await
+    }
+
+    /// The auth check portcullis sent to the outpost's `/outpost.goauthentik.io/auth/{kind}`,
+    /// checked to carry no client-supplied identity header.
+    fn outpost_auth_request(&self, kind: &str) -> RecordedRequest {
+        let path = format!("/outpost.goauthentik.io/auth/{kind}");
+        let sent = self.harness.outpost.requests();
+        let auth = sent.into_iter().find(|r| r.path_and_query == path);
+        let auth = auth.unwrap_or_else(|| panic!("portcullis asked the outpost's /auth/{kind}"));
+        assert!(
+            auth.headers.get("x-authentik-username").is_none(),
+            "client header reached the outpost"
+        );
+        auth
+    }
+
+    /// The reply carries a `Set-Cookie` for the outpost's session cookie.
+    fn assert_sets_outpost_cookie(&self, r: &CurlReply) {
+        let cookie_name = self.harness.outpost.cookie_name();
+        assert!(
+            r.all("set-cookie")
+                .iter()
+                .any(|c| c.starts_with(&cookie_name)),
+            "{r:?}"
+        );
+    }
+
+    /// `location` points at the outpost's authorize endpoint.
+    fn assert_authorize_location(&self, location: &str) {
+        assert!(
+            location.starts_with(&format!(
+                "{}/application/o/authorize/?",
+                self.harness.outpost.url()
+            )),
+            "{location}"
+        );
+    }
+
+    /// The start request reached the outpost exactly once and the backend not at all.
+    fn assert_start_reached_outpost_only(&self) {
+        assert_eq!(self.backend.hits(), 0);
+        assert_eq!(
+            self.harness
+                .outpost
+                .stats()
+                .per_path
+                .get("/outpost.goauthentik.io/start"),
+            Some(&1)
+        );
+    }
 }
 
-async fn nginx_stack() -> Option<Stack> {
-    let bins = binaries(&["nginx", "curl"])?;
-    let harness = start(trust_loopback).await;
-    let backend = Backend::start().await;
-    let proxy = start_nginx(&bins[0], harness.proxy, backend.addr).await;
-    Some(Stack {
-        harness,
-        backend,
-        proxy,
-        curl: bins[1].clone(),
-    })
+/// The backend answered `GET /dashboard?tab=1` having seen `akadmin`'s identity.
+fn assert_backend_saw_akadmin(r: &CurlReply) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(
+        r.body.starts_with("backend saw: GET /dashboard?tab=1"),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        echoed(&r.body, "x-authentik-username"),
+        ["akadmin"],
+        "{}",
+        r.body
+    );
+    assert_eq!(echoed(&r.body, "x-authentik-groups"), ["authentik Admins"]);
+    assert_eq!(
+        echoed(&r.body, "x-authentik-email"),
+        ["akadmin@example.org"]
+    );
 }
 
-async fn caddy_stack() -> Option<Stack> {
-    let bins = binaries(&["caddy", "curl"])?;
-    let harness = start(trust_loopback).await;
-    let backend = Backend::start().await;
-    let proxy = start_caddy(&bins[0], harness.proxy, backend.addr).await;
-    Some(Stack {
-        harness,
-        backend,
-        proxy,
-        curl: bins[1].clone(),
-    })
+/// A 302; its `Location`.
+fn redirect_location(r: &CurlReply) -> &str {
+    assert_eq!(r.status, 302, "{r:?}");
+    r.header("location").expect("location")
+}
+
+/// The backend answered once without the client's forged `mallory` username.
+fn assert_backend_saw_no_client_username(s: &Stack, r: &CurlReply) {
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(s.backend.hits(), 1);
+    let seen = echoed(&r.body, "x-authentik-username");
+    assert!(
+        seen.iter().all(|v| v.is_empty()),
+        "backend saw {seen:?}\n{}",
+        r.body
+    );
+    assert!(!r.body.contains("mallory"), "{}", r.body);
 }
 
 fn report(proxy: &str, case: &str, r: &CurlReply) {
@@ -447,36 +571,11 @@ fn report(proxy: &str, case: &str, r: &CurlReply) {
 
 #[tokio::test]
 async fn nginx_auth_request_with_session_passes_identity_to_backend() {
-    let Some(s) = nginx_stack().await else { return };
-    let cookie = s.harness.session_cookie("akadmin");
-    let r = s
-        .get(
-            "/dashboard?tab=1",
-            &[("Cookie", &cookie), ("X-authentik-username", "mallory")],
-        )
-        .await;
-    report(
-        "nginx",
-        "session cookie + client X-authentik-username: mallory",
-        &r,
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(
-        r.body.starts_with("backend saw: GET /dashboard?tab=1"),
-        "{}",
-        r.body
-    );
-    assert_eq!(
-        echoed(&r.body, "x-authentik-username"),
-        ["akadmin"],
-        "{}",
-        r.body
-    );
-    assert_eq!(echoed(&r.body, "x-authentik-groups"), ["authentik Admins"]);
-    assert_eq!(
-        echoed(&r.body, "x-authentik-email"),
-        ["akadmin@example.org"]
-    );
+    let Some(s) = Stack::start("nginx").await else {
+        return;
+    };
+    let r = s.get_with_session().await;
+    assert_backend_saw_akadmin(&r);
     assert_eq!(
         echoed(&r.body, "x-authentik-name"),
         ["authentik Default Admin"]
@@ -485,30 +584,26 @@ async fn nginx_auth_request_with_session_passes_identity_to_backend() {
     assert!(uid.len() == 1 && !uid[0].is_empty(), "uid {uid:?}");
     assert_eq!(s.backend.hits(), 1);
     // The check went through portcullis with the original URL nginx reconstructed.
-    let sent = s.harness.outpost.requests();
-    let auth = sent
-        .iter()
-        .find(|r| r.path_and_query == "/outpost.goauthentik.io/auth/nginx");
-    let auth = auth.expect("portcullis asked the outpost's /auth/nginx");
+    let auth = s.outpost_auth_request("nginx");
     assert_eq!(
         auth.headers.get("x-original-url").unwrap(),
         &format!("http://{APP_HOST}/dashboard?tab=1")
-    );
-    assert!(
-        auth.headers.get("x-authentik-username").is_none(),
-        "client header reached the outpost"
     );
 }
 
 #[tokio::test]
 async fn nginx_without_session_redirects_to_start_and_backend_is_not_reached() {
-    let Some(s) = nginx_stack().await else { return };
+    let Some(s) = Stack::start("nginx").await else {
+        return;
+    };
     let r = s
-        .get("/dashboard", &[("X-authentik-username", "mallory")])
+        .get_reported(
+            "no session",
+            "/dashboard",
+            &[("X-authentik-username", "mallory")],
+        )
         .await;
-    report("nginx", "no session", &r);
-    assert_eq!(r.status, 302, "{r:?}");
-    let location = r.header("location").expect("location");
+    let location = redirect_location(&r);
     assert!(
         location.ends_with(&format!(
             "/outpost.goauthentik.io/start?rd=http://{APP_HOST}/dashboard"
@@ -516,74 +611,32 @@ async fn nginx_without_session_redirects_to_start_and_backend_is_not_reached() {
         "{location}"
     );
     // The outpost's 401 carried the session cookie that remembers the target; nginx re-emits it.
-    let cookie_name = s.harness.outpost.cookie_name();
-    assert!(
-        r.all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with(&cookie_name)),
-        "{r:?}"
-    );
+    s.assert_sets_outpost_cookie(&r);
     assert_eq!(s.backend.hits(), 0, "backend reached without a session");
 }
 
 #[tokio::test]
 async fn nginx_anonymous_skip_path_drops_client_username() {
-    let Some(s) = nginx_stack().await else { return };
-    let r = s
-        .get("/public/page", &[("X-authentik-username", "mallory")])
-        .await;
-    report(
-        "nginx",
-        "skip path /public + client X-authentik-username: mallory",
-        &r,
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(s.backend.hits(), 1);
+    let Some(s) = Stack::start("nginx").await else {
+        return;
+    };
+    let r = s.get_skip_path().await;
     // proxy_set_header with the empty captured value: nginx sends no header at all, and the
     // client's copy is not passed either.
-    let seen = echoed(&r.body, "x-authentik-username");
-    assert!(
-        seen.iter().all(|v| v.is_empty()),
-        "backend saw {seen:?}\n{}",
-        r.body
-    );
-    assert!(!r.body.contains("mallory"), "{}", r.body);
+    assert_backend_saw_no_client_username(&s, &r);
 }
 
 #[tokio::test]
 async fn nginx_start_passthrough_reaches_outpost_and_redirects_to_authorize() {
-    let Some(s) = nginx_stack().await else { return };
-    let rd = format!("http://{APP_HOST}/dashboard");
-    let r = s
-        .get(&format!("/outpost.goauthentik.io/start?rd={rd}"), &[])
-        .await;
-    report("nginx", "/outpost.goauthentik.io/start", &r);
-    assert_eq!(r.status, 302, "{r:?}");
-    let location = r.header("location").expect("location");
-    assert!(
-        location.starts_with(&format!(
-            "{}/application/o/authorize/?",
-            s.harness.outpost.url()
-        )),
-        "{location}"
-    );
+    let Some(s) = Stack::start("nginx").await else {
+        return;
+    };
+    let r = s.get_start().await;
+    let location = redirect_location(&r);
+    s.assert_authorize_location(location);
     assert!(location.contains("state="), "{location}");
-    let cookie_name = s.harness.outpost.cookie_name();
-    assert!(
-        r.all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with(&cookie_name)),
-        "{r:?}"
-    );
-    assert_eq!(s.backend.hits(), 0);
-    assert_eq!(
-        s.harness
-            .outpost
-            .stats()
-            .per_path
-            .get("/outpost.goauthentik.io/start"),
-        Some(&1)
-    );
+    s.assert_sets_outpost_cookie(&r);
+    s.assert_start_reached_outpost_only();
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,36 +644,11 @@ async fn nginx_start_passthrough_reaches_outpost_and_redirects_to_authorize() {
 
 #[tokio::test]
 async fn caddy_forward_auth_with_session_passes_identity_to_backend() {
-    let Some(s) = caddy_stack().await else { return };
-    let cookie = s.harness.session_cookie("akadmin");
-    let r = s
-        .get(
-            "/dashboard?tab=1",
-            &[("Cookie", &cookie), ("X-authentik-username", "mallory")],
-        )
-        .await;
-    report(
-        "caddy",
-        "session cookie + client X-authentik-username: mallory",
-        &r,
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert!(
-        r.body.starts_with("backend saw: GET /dashboard?tab=1"),
-        "{}",
-        r.body
-    );
-    assert_eq!(
-        echoed(&r.body, "x-authentik-username"),
-        ["akadmin"],
-        "{}",
-        r.body
-    );
-    assert_eq!(echoed(&r.body, "x-authentik-groups"), ["authentik Admins"]);
-    assert_eq!(
-        echoed(&r.body, "x-authentik-email"),
-        ["akadmin@example.org"]
-    );
+    let Some(s) = Stack::start("caddy").await else {
+        return;
+    };
+    let r = s.get_with_session().await;
+    assert_backend_saw_akadmin(&r);
     for name in IDENTITY {
         assert_eq!(
             echoed(&r.body, name).len(),
@@ -631,74 +659,40 @@ async fn caddy_forward_auth_with_session_passes_identity_to_backend() {
     }
     assert_eq!(s.backend.hits(), 1);
     // Caddy's forward_auth headers arrived at the outpost through portcullis.
-    let sent = s.harness.outpost.requests();
-    let auth = sent
-        .iter()
-        .find(|r| r.path_and_query == "/outpost.goauthentik.io/auth/caddy");
-    let auth = auth.expect("portcullis asked the outpost's /auth/caddy");
+    let auth = s.outpost_auth_request("caddy");
     assert_eq!(
         auth.headers.get("x-forwarded-uri").unwrap(),
         "/dashboard?tab=1"
     );
     assert_eq!(auth.headers.get("x-forwarded-host").unwrap(), APP_HOST);
-    assert!(
-        auth.headers.get("x-authentik-username").is_none(),
-        "client header reached the outpost"
-    );
 }
 
 #[tokio::test]
 async fn caddy_without_session_relays_outpost_redirect_to_authorize() {
-    let Some(s) = caddy_stack().await else { return };
+    let Some(s) = Stack::start("caddy").await else {
+        return;
+    };
     let r = s
-        .get("/dashboard", &[("X-authentik-username", "mallory")])
+        .get_reported(
+            "no session + client X-authentik-username: mallory",
+            "/dashboard",
+            &[("X-authentik-username", "mallory")],
+        )
         .await;
-    report(
-        "caddy",
-        "no session + client X-authentik-username: mallory",
-        &r,
-    );
-    assert_eq!(r.status, 302, "{r:?}");
-    let location = r.header("location").expect("location");
-    assert!(
-        location.starts_with(&format!(
-            "{}/application/o/authorize/?",
-            s.harness.outpost.url()
-        )),
-        "{location}"
-    );
-    let cookie_name = s.harness.outpost.cookie_name();
-    assert!(
-        r.all("set-cookie")
-            .iter()
-            .any(|c| c.starts_with(&cookie_name)),
-        "{r:?}"
-    );
+    s.assert_authorize_location(redirect_location(&r));
+    s.assert_sets_outpost_cookie(&r);
     assert_eq!(s.backend.hits(), 0, "backend reached without a session");
 }
 
 #[tokio::test]
 async fn caddy_anonymous_skip_path_overwrites_client_username_with_empty() {
-    let Some(s) = caddy_stack().await else { return };
-    let r = s
-        .get("/public/page", &[("X-authentik-username", "mallory")])
-        .await;
-    report(
-        "caddy",
-        "skip path /public + client X-authentik-username: mallory",
-        &r,
-    );
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(s.backend.hits(), 1);
+    let Some(s) = Stack::start("caddy").await else {
+        return;
+    };
+    let r = s.get_skip_path().await;
     // Caddy 2.6's copy_headers sets each header from the auth response; portcullis sends all
     // twelve, empty, on an anonymous allow (security rule 2), so the client's value is replaced.
-    let seen = echoed(&r.body, "x-authentik-username");
-    assert!(
-        seen.iter().all(|v| v.is_empty()),
-        "backend saw {seen:?}\n{}",
-        r.body
-    );
-    assert!(!r.body.contains("mallory"), "{}", r.body);
+    assert_backend_saw_no_client_username(&s, &r);
     assert!(
         !r.body.contains("{http.reverse_proxy"),
         "unreplaced placeholder:\n{}",
@@ -708,28 +702,10 @@ async fn caddy_anonymous_skip_path_overwrites_client_username_with_empty() {
 
 #[tokio::test]
 async fn caddy_outpost_paths_are_proxied_to_start() {
-    let Some(s) = caddy_stack().await else { return };
-    let rd = format!("http://{APP_HOST}/dashboard");
-    let r = s
-        .get(&format!("/outpost.goauthentik.io/start?rd={rd}"), &[])
-        .await;
-    report("caddy", "/outpost.goauthentik.io/start", &r);
-    assert_eq!(r.status, 302, "{r:?}");
-    let location = r.header("location").expect("location");
-    assert!(
-        location.starts_with(&format!(
-            "{}/application/o/authorize/?",
-            s.harness.outpost.url()
-        )),
-        "{location}"
-    );
-    assert_eq!(s.backend.hits(), 0);
-    assert_eq!(
-        s.harness
-            .outpost
-            .stats()
-            .per_path
-            .get("/outpost.goauthentik.io/start"),
-        Some(&1)
-    );
+    let Some(s) = Stack::start("caddy").await else {
+        return;
+    };
+    let r = s.get_start().await;
+    s.assert_authorize_location(redirect_location(&r));
+    s.assert_start_reached_outpost_only();
 }

@@ -231,10 +231,7 @@ async fn wait_reloads(bin: &Binary, result: &str, want: f64, limit: Duration) ->
 
 #[tokio::test]
 async fn sighup_applies_a_new_cache_ttl_in_the_running_binary() {
-    let outpost = outpost().await;
-    let file = ConfigFile::new("reload-hup", &outpost.url());
-    file.write(&[("cache", "ttl = \"60s\"")]);
-    let bin = Binary::start(&file).await;
+    let (outpost, file, bin) = start_binary("reload-hup", &[("cache", "ttl = \"60s\"")]).await;
     let cookie = format!("{}={}", outpost.cookie_name(), outpost.login("akadmin"));
     let url = bin.url(TRAEFIK);
     for _ in 0..3 {
@@ -270,10 +267,7 @@ async fn sighup_applies_a_new_cache_ttl_in_the_running_binary() {
 
 #[tokio::test]
 async fn changed_file_is_applied_within_two_seconds_without_a_signal() {
-    let outpost = outpost().await;
-    let file = ConfigFile::new("reload-poll", &outpost.url());
-    file.write(&[("cache", "ttl = \"60s\"")]);
-    let bin = Binary::start(&file).await;
+    let (outpost, file, bin) = start_binary("reload-poll", &[("cache", "ttl = \"60s\"")]).await;
     file.write(&[("cache", "ttl = \"0s\"\ncapacity = 5000")]);
     let took = wait_reloads(&bin, "ok", 1.0, Duration::from_millis(2500)).await;
     println!("file change applied after {took:?}");
@@ -293,10 +287,7 @@ async fn changed_file_is_applied_within_two_seconds_without_a_signal() {
 
 #[tokio::test]
 async fn listen_change_in_the_running_binary_asks_for_a_restart() {
-    let outpost = outpost().await;
-    let file = ConfigFile::new("reload-listen-bin", &outpost.url());
-    file.write(&[]);
-    let bin = Binary::start(&file).await;
+    let (_outpost, file, bin) = start_binary("reload-listen-bin", &[]).await;
     // One answered request: the SIGHUP handler is installed by then.
     assert_eq!(get(&bin.url("/healthz"), &[]).await.status, 200);
     let moved = ConfigFile {

@@ -119,10 +119,8 @@ async fn sigterm_finishes_the_slow_request_then_stops_accepting_and_exits_zero()
 
 #[tokio::test]
 async fn sigint_also_exits_zero() {
-    let outpost = outpost().await;
-    let file = ConfigFile::new("shutdown-int", &outpost.url());
-    file.write(&[("server", "shutdown_delay = \"0s\"")]);
-    let mut bin = Binary::start(&file).await;
+    let (_outpost, _file, mut bin) =
+        start_binary("shutdown-int", &[("server", "shutdown_delay = \"0s\"")]).await;
     assert_eq!(get(&bin.url("/healthz"), &[]).await.status, 200);
     bin.signal("INT");
     let status = bin.wait_exit(Duration::from_secs(5)).await.expect("exited");

@@ -102,19 +102,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         }
     };
     let host = host.map_or("", |h| h.name.as_str());
-    let seconds = started.elapsed().as_secs_f64();
-    app.metrics.request(endpoint, answer.decision, seconds);
-    tracing::info!(
-        target: "access",
-        endpoint = endpoint.as_str(),
-        decision = answer.decision.as_str(),
-        status = answer.response.status().as_u16(),
-        host,
-        duration_ms = seconds * 1000.0,
-        outpost_ms = answer.outpost_seconds.map(|s| s * 1000.0),
-        peer = %peer.ip(),
-    );
-    answer.response
+    router::finish(&app, endpoint, answer, started, peer, Some(host))
 }
 
 /// Handles one request on the plain HTTP listener: 308 to the same path and query on

@@ -13,6 +13,7 @@ pub mod tls;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -258,7 +259,6 @@ async fn tls_connection(
     acceptor: TlsAcceptor,
     conns: Connections,
 ) {
-    let Connections { alive, mut stop } = conns;
     let cfg = app.runtime().config.server.clone();
     let tls = match tokio::time::timeout(cfg.header_read_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => tls,
@@ -291,16 +291,34 @@ async fn tls_connection(
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
+    let shutdown = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
+    serve_until_stopped(conn, shutdown, conns, peer, "edge connection").await;
+}
+
+/// Drives `conn` until it ends, or until the stop signal asks it (through `shutdown`) to finish
+/// the request in flight and close (no new keepalive requests); logs an error end at debug.
+/// The liveness token in `conns` is held until then, so a drain waits for this connection.
+async fn serve_until_stopped<C, E>(
+    conn: C,
+    shutdown: impl FnOnce(Pin<&mut C>),
+    conns: Connections,
+    peer: SocketAddr,
+    what: &'static str,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let Connections { alive, mut stop } = conns;
     let mut conn = std::pin::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
         _ = stopped(&mut stop) => {
-            conn.as_mut().graceful_shutdown();
+            shutdown(conn.as_mut());
             conn.await
         }
     };
     if let Err(err) = result {
-        tracing::debug!(error = %err, %peer, "edge connection ended with an error");
+        tracing::debug!(error = %err, %peer, "{what} ended with an error");
     }
     drop(alive);
 }
@@ -319,7 +337,6 @@ async fn connection(
     kind: Kind,
     conns: Connections,
 ) {
-    let Connections { alive, mut stop } = conns;
     let cfg = app.runtime().config.server.clone();
     let mut builder = http1::Builder::new();
     builder
@@ -348,19 +365,8 @@ async fn connection(
         }
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
-    let mut conn = std::pin::pin!(conn);
-    let result = tokio::select! {
-        r = conn.as_mut() => r,
-        _ = stopped(&mut stop) => {
-            // Finish the request in flight, then close (no new keepalive requests).
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(err) = result {
-        tracing::debug!(error = %err, %peer, "connection ended with an error");
-    }
-    drop(alive);
+    let shutdown = |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c);
+    serve_until_stopped(conn, shutdown, conns, peer, "connection").await;
 }
 
 /// The size of a request head as sent on the wire (request line, header lines, blank line).

@@ -458,3 +458,13 @@ pub async fn scrape(admin: SocketAddr) -> String {
     assert_eq!(r.status, 200);
     String::from_utf8(r.body.to_vec()).unwrap()
 }
+
+/// A fresh outpost, a config file `tag` in front of it written with `extra` sections, and the
+/// binary serving that file.
+pub async fn start_binary(tag: &str, extra: &[(&str, &str)]) -> (FakeOutpost, ConfigFile, Binary) {
+    let outpost = outpost().await;
+    let file = ConfigFile::new(tag, &outpost.url());
+    file.write(extra);
+    let bin = Binary::start(&file).await;
+    (outpost, file, bin)
+}
