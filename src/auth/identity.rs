@@ -125,6 +125,79 @@ impl Identity {
     }
 }
 
+impl Identity {
+    /// Packs `prefix` (a cache key) and this identity into one buffer, so a cache entry is one
+    /// allocation: `prefix | 12 x u32 ends | u16 extra count | (u16 name len, name, u32 end)* |
+    /// values`. The JWT expiry is not kept (it only sets the entry's TTL).
+    pub fn pack(&self, prefix: &[u8]) -> Bytes {
+        let names: usize = self.extra.iter().map(|(n, _)| n.as_str().len() + 6).sum();
+        let mut buf = BytesMut::with_capacity(prefix.len() + 50 + names + self.values.len());
+        buf.extend_from_slice(prefix);
+        for end in self.ends {
+            buf.extend_from_slice(&end.to_le_bytes());
+        }
+        // Header maps hold far fewer than 65 535 headers; the bound only keeps the cast honest.
+        let extra = &self.extra[..self.extra.len().min(usize::from(u16::MAX))];
+        buf.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+        for (name, end) in extra {
+            let name = name.as_str().as_bytes();
+            buf.extend_from_slice(&(name.len().min(usize::from(u16::MAX)) as u16).to_le_bytes());
+            buf.extend_from_slice(&name[..name.len().min(usize::from(u16::MAX))]);
+            buf.extend_from_slice(&end.to_le_bytes());
+        }
+        buf.extend_from_slice(&self.values);
+        buf.freeze()
+    }
+
+    /// Reads back what [`Identity::pack`] wrote after a prefix of `prefix_len` bytes. The
+    /// values are slices of `packed`: no copy. `None` if the layout does not hold.
+    pub fn unpack(packed: &Bytes, prefix_len: usize) -> Option<Identity> {
+        let mut r = Reader(packed.get(prefix_len..)?);
+        let mut ends = [0u32; 12];
+        for end in &mut ends {
+            *end = r.u32()?;
+        }
+        let count = r.u16()?;
+        let mut extra = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let len = usize::from(r.u16()?);
+            let name = HeaderName::from_bytes(r.take(len)?).ok()?;
+            extra.push((name, r.u32()?));
+        }
+        let start = packed.len() - r.0.len();
+        let values_len = extra.last().map_or(ends[11], |(_, end)| *end) as usize;
+        if values_len != r.0.len() {
+            return None;
+        }
+        let values = packed.slice(start..);
+        Some(Identity {
+            values,
+            ends,
+            extra,
+            jwt_exp: None,
+        })
+    }
+}
+
+/// A forward-only reader over a packed identity's trailer.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let (head, tail) = (self.0.get(..n)?, self.0.get(n..)?);
+        self.0 = tail;
+        Some(head)
+    }
+
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take(2)?.try_into().ok()?))
+    }
+
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+}
+
 fn offset(buf: &BytesMut) -> u32 {
     u32::try_from(buf.len()).unwrap_or(u32::MAX)
 }
@@ -165,6 +238,34 @@ mod tests {
         assert_eq!(id.get(&X_AUTHENTIK_USERNAME).unwrap(), "alice");
         assert_eq!(id.jwt_exp(), Some(7));
         assert_eq!(id.value_bytes(), "alice".len() + "a.b.c".len() + 1);
+    }
+
+    #[test]
+    fn packs_behind_a_prefix_and_unpacks_to_the_same_headers() {
+        let id = Identity::from_pairs(
+            [
+                (X_AUTHENTIK_USERNAME, HeaderValue::from_static("alice")),
+                (
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_static("Basic eA=="),
+                ),
+                (
+                    HeaderName::from_static("x-custom"),
+                    HeaderValue::from_static(""),
+                ),
+            ],
+            Some(9),
+        );
+        let packed = id.pack(b"key-bytes");
+        assert!(packed.starts_with(b"key-bytes"));
+        let back = Identity::unpack(&packed, 9).expect("layout holds");
+        assert_eq!(
+            back.headers().collect::<Vec<_>>(),
+            id.headers().collect::<Vec<_>>()
+        );
+        assert_eq!(back.jwt_exp(), None);
+        assert!(Identity::unpack(&packed.slice(..packed.len() - 1), 9).is_none());
+        assert!(Identity::unpack(&packed, 8).is_none());
     }
 
     #[test]
