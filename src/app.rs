@@ -51,6 +51,7 @@ pub struct App {
     hasher: RandomState,
     generation: AtomicU64,
     draining: AtomicBool,
+    log_level: std::sync::OnceLock<crate::cli::LogLevel>,
 }
 
 /// Why a runtime could not be built from a config.
@@ -73,6 +74,7 @@ impl App {
             hasher: RandomState::new(),
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            log_level: std::sync::OnceLock::new(),
         });
         tokio::spawn(probe_loop(Arc::downgrade(&app)));
         Ok(app)
@@ -102,11 +104,34 @@ impl App {
             config.server.admin_listen = old.config.server.admin_listen;
         }
         keep_edge_listeners(&mut config, &old.config);
+        self.apply_log(&mut config, &old.config);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         let next = build_runtime(config, generation, Some(&old), &self.metrics)?;
         old.cache.clear();
         self.runtime.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Lets reloads change the log level (the binary's subscriber; tests have none).
+    pub fn set_log_level(&self, set: crate::cli::LogLevel) {
+        let _ = self.log_level.set(set);
+    }
+
+    /// `[log] level` applies on reload; `[log] format` needs a restart.
+    fn apply_log(&self, config: &mut Config, old: &Config) {
+        if config.log.format != old.log.format {
+            tracing::warn!("log.format changed: a restart is needed; keeping the current format");
+            config.log.format = old.log.format;
+        }
+        if config.log.level == old.log.level {
+            return;
+        }
+        if let Some(set) = self.log_level.get() {
+            match set.set(&config.log.level) {
+                Ok(()) => tracing::info!(level = %config.log.level, "log level changed"),
+                Err(err) => tracing::error!(error = %err, "cannot change the log level"),
+            }
+        }
     }
 
     /// Marks the process as shutting down: `/readyz` answers 503 from now on.

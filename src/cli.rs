@@ -43,18 +43,59 @@ fn check_htpasswd(config: &Config) -> Result<(), String> {
         })
 }
 
-/// Installs the tracing subscriber from `[log]`.
-pub fn init_logging(log: &LogConfig) {
+/// Changes the log filter of the running process (`[log] level` on reload).
+pub struct LogLevel(Box<SetLevel>);
+
+/// The closure behind [`LogLevel`] (its subscriber type differs for JSON and text).
+type SetLevel = dyn Fn(&str) -> Result<(), String> + Send + Sync;
+
+impl LogLevel {
+    /// Applies a new filter directive.
+    pub fn set(&self, level: &str) -> Result<(), String> {
+        (self.0)(level)
+    }
+}
+
+impl std::fmt::Debug for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogLevel")
+    }
+}
+
+/// Installs the tracing subscriber from `[log]`; returns the handle that changes its level later
+/// (`None` if a subscriber was already installed, as in tests).
+pub fn init_logging(log: &LogConfig) -> Option<LogLevel> {
     let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: escape codes in journald or `kubectl logs` are noise.
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    let _ = match log.format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    match log.format {
+        LogFormat::Json => {
+            let b = builder
+                .json()
+                .flatten_event(true)
+                .with_env_filter(filter)
+                .with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init().ok()?;
+            Some(LogLevel(Box::new(move |level| set_level(&handle, level))))
+        }
+        LogFormat::Text => {
+            let b = builder.with_env_filter(filter).with_filter_reloading();
+            let handle = b.reload_handle();
+            b.try_init().ok()?;
+            Some(LogLevel(Box::new(move |level| set_level(&handle, level))))
+        }
+    }
+}
+
+fn set_level<S>(
+    handle: &tracing_subscriber::reload::Handle<EnvFilter, S>,
+    level: &str,
+) -> Result<(), String> {
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    handle.reload(filter).map_err(|e| e.to_string())
 }
 
 /// A multi-threaded Tokio runtime with `workers` threads (0: one per available CPU).
@@ -68,6 +109,7 @@ pub fn tokio_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime>
 
 /// `portcullis serve`: bind, build the app, watch for reloads, serve until SIGTERM/SIGINT.
 pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::error::Error>> {
+    let log_level = init_logging(&config.log);
     let hup = crate::reload::hangup();
     let stop = crate::signal::shutdown();
     let mut listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
@@ -92,6 +134,9 @@ pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::err
         "portcullis serving"
     );
     let app = App::new(config, Metrics::new())?;
+    if let Some(set) = log_level {
+        app.set_log_level(set);
+    }
     crate::reload::spawn(app.clone(), path, hup);
     server::run(app, listeners, stop).await;
     tracing::info!("bye");

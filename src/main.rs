@@ -82,7 +82,6 @@ fn serve(path: PathBuf) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    portcullis::cli::init_logging(&config.log);
     let runtime = match portcullis::cli::tokio_runtime(config.server.workers) {
         Ok(rt) => rt,
         Err(err) => {

@@ -311,3 +311,29 @@ async fn listen_change_in_the_running_binary_asks_for_a_restart() {
         "new address not bound"
     );
 }
+
+#[tokio::test]
+async fn log_level_change_applies_on_reload_without_a_restart() {
+    let (outpost, file, bin) = start_binary("reload-log", &[("log", "level = \"warn\"")]).await;
+    let cookie = format!("{}={}", outpost.cookie_name(), outpost.login("akadmin"));
+    let url = bin.url(TRAEFIK);
+    assert_eq!(allow(&url, &cookie).await, 200);
+    let access = |b: &Binary| {
+        b.lines()
+            .iter()
+            .filter(|l| l.contains("\"decision\""))
+            .count()
+    };
+    assert_eq!(access(&bin), 0, "warn level writes no access line");
+    file.write(&[("log", "level = \"info\"")]);
+    wait_reloads(&bin, "ok", 1.0, Duration::from_millis(2500)).await;
+    bin.wait_for_line("log level changed", Duration::from_secs(1))
+        .await
+        .expect("the change is logged at the new level");
+    assert_eq!(allow(&url, &cookie).await, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while access(&bin) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(access(&bin), 1, "info level writes the access line");
+}
