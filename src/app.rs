@@ -104,10 +104,22 @@ impl App {
             config.server.admin_listen = old.config.server.admin_listen;
         }
         keep_edge_listeners(&mut config, &old.config);
-        self.apply_log(&mut config, &old.config);
+        if config.log.format != old.config.log.format {
+            tracing::warn!("log.format changed: a restart is needed; keeping the current format");
+            config.log.format = old.config.log.format;
+        }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        // Build everything first: a rejected reload changes nothing, the log level included.
         let next = build_runtime(config, generation, Some(&old), &self.metrics)?;
+        self.apply_log_level(&next.config, &old.config);
         old.cache.clear();
+        // A new outpost URL brings a new, closed breaker; a new [fallback] may switch the realm
+        // on or off: the gauges follow the new state, not the last transition.
+        let open = next.breaker.is_open();
+        self.metrics.outpost_up.set(i64::from(!open));
+        self.metrics
+            .fallback_active
+            .set(i64::from(open && next.realm.is_some()));
         self.runtime.store(Arc::new(next));
         Ok(())
     }
@@ -117,12 +129,8 @@ impl App {
         let _ = self.log_level.set(set);
     }
 
-    /// `[log] level` applies on reload; `[log] format` needs a restart.
-    fn apply_log(&self, config: &mut Config, old: &Config) {
-        if config.log.format != old.log.format {
-            tracing::warn!("log.format changed: a restart is needed; keeping the current format");
-            config.log.format = old.log.format;
-        }
+    /// `[log] level` applies on reload (`[log] format` needs a restart).
+    fn apply_log_level(&self, config: &Config, old: &Config) {
         if config.log.level == old.log.level {
             return;
         }

@@ -339,22 +339,17 @@ impl Metrics {
         &self.cache_lookups[result as usize]
     }
 
-    /// Counts one outpost answer by status, or a transport error (`None`).
+    /// Counts one outpost answer by status class, or a transport error (`None`). The label set
+    /// is the contract's (DESIGN.md section 7): other codes count in their class — any 2xx as
+    /// `200`, any 3xx as `302`, 401 as `401`, any other 4xx as `400`.
     pub fn outpost_response(&self, status: Option<u16>) {
         let i = match status {
-            Some(200) => 0,
-            Some(302) => 1,
-            Some(400) => 2,
+            None => 5,
             Some(401) => 3,
             Some(s) if s >= 500 => 4,
-            None => 5,
-            Some(other) => {
-                // Rare codes (204, 403, 404...) get their own child, made on first use.
-                self.outpost_responses
-                    .with_label_values(&[other.to_string().as_str()])
-                    .inc();
-                return;
-            }
+            Some(s) if s >= 400 => 2,
+            Some(s) if s >= 300 => 1,
+            Some(_) => 0,
         };
         self.outpost_fixed[i].inc();
     }
@@ -417,9 +412,14 @@ mod tests {
         m.outpost_response(Some(502));
         m.outpost_response(None);
         m.outpost_response(Some(204));
+        m.outpost_response(Some(403));
+        m.outpost_response(Some(307));
         assert_eq!(m.outpost_responses_total("5xx"), 2);
         assert_eq!(m.outpost_responses_total("error"), 1);
-        assert_eq!(m.outpost_responses_total("204"), 1);
+        assert_eq!(m.outpost_responses_total("200"), 1);
+        assert_eq!(m.outpost_responses_total("400"), 1);
+        assert_eq!(m.outpost_responses_total("302"), 1);
+        assert!(!m.render().contains("code=\"204\""));
     }
 
     #[test]

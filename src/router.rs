@@ -94,7 +94,17 @@ pub async fn handle(
             let (parts, _body) = req.into_parts();
             (
                 endpoint,
-                auth::check(&app, endpoint, &parts, peer.ip(), tls).await,
+                auth::check(
+                    &app,
+                    endpoint,
+                    &parts,
+                    auth::Peer {
+                        ip: peer.ip(),
+                        tls,
+                        client: None,
+                    },
+                )
+                .await,
             )
         }
         Route::Passthrough => (Endpoint::Outpost, pass(&app, req, peer, tls).await),

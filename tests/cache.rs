@@ -320,7 +320,8 @@ async fn coalesced_anonymous_answer_is_not_shared_with_another_path() {
         private.status, 302,
         "a skip-path allow must not answer a protected path"
     );
-    assert_eq!(h.app.metrics.coalesced.get(), 1);
+    // It waited, but made its own call: not counted as coalesced (DESIGN.md 7).
+    assert_eq!(h.app.metrics.coalesced.get(), 0);
     assert_eq!(calls(&h), 2);
 }
 
@@ -597,4 +598,24 @@ async fn page_load_outpost_calls_per_thousand_requests() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn forwarded_urls_under_the_outpost_prefix_bypass_the_cache() {
+    let h = start(trust_loopback).await;
+    let cookie = h.session_cookie("akadmin");
+    check(&h, "app.example", "/dashboard", Some(&cookie)).await;
+    assert_eq!(calls(&h), 1);
+    for i in 1..=2 {
+        let r = check(
+            &h,
+            "app.example",
+            "/outpost.goauthentik.io/start?rd=/x",
+            Some(&cookie),
+        )
+        .await;
+        assert_ne!(r.status, 400, "{r:?}");
+        assert_eq!(calls(&h), 1 + i, "never answered from the cache");
+    }
+    assert_eq!(cached(&h), 0);
 }

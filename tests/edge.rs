@@ -204,6 +204,11 @@ struct Edge {
 }
 
 async fn start() -> Edge {
+    start_with(|_| {}).await
+}
+
+/// [`start`] with a change to the config before the proxy is built.
+async fn start_with(tweak: impl FnOnce(&mut Config)) -> Edge {
     let dir = support::temp_dir("edge");
     let (main_cert, main_der) = write_cert(&dir, "main", &MAIN_HOSTS);
     let (other_cert, other_der) = write_cert(&dir, "other", &["other.example"]);
@@ -239,6 +244,7 @@ async fn start() -> Edge {
             },
         ],
     });
+    tweak(&mut config);
     let mut listeners = Listeners::bind(config.server.listen, config.server.admin_listen)
         .await
         .unwrap();
@@ -445,6 +451,25 @@ async fn required_route_without_session_relays_the_outpost_redirect() {
     assert_eq!(auth.headers["x-forwarded-host"], "app.example");
     assert_eq!(auth.headers["x-forwarded-uri"], "/dashboard");
     assert_eq!(edge.requests_total(Decision::Deny), 1);
+}
+
+#[tokio::test]
+async fn a_trusted_peer_cannot_steer_the_decision_with_forwarded_headers() {
+    // Even from a trusted proxy, edge mode judges the request itself: a forwarded URI naming the
+    // skip path must not let `/admin` through as `/public`.
+    let edge = start_with(support::trust_loopback).await;
+    let spoof = [
+        ("x-forwarded-uri", "/public/page"),
+        ("x-forwarded-host", "open.example"),
+        ("x-forwarded-proto", "http"),
+    ];
+    let r = edge.get("app.example", "/admin", &spoof).await;
+    assert_eq!(r.status, 302, "{r:?}");
+    assert!(edge.backend.requests().is_empty());
+    let auth = edge.outpost.requests().pop().unwrap();
+    assert_eq!(auth.headers["x-forwarded-uri"], "/admin");
+    assert_eq!(auth.headers["x-forwarded-host"], "app.example");
+    assert_eq!(auth.headers["x-forwarded-proto"], "https");
 }
 
 #[tokio::test]

@@ -389,7 +389,7 @@ async fn promtool_accepts_the_scrape_after_a_mixed_run() {
     get(&url, &traefik_headers(&[("cookie", &cookie)])).await;
     get(&url, &traefik_headers(&[])).await;
     h.outpost.set_behaviour(Behaviour::Status(204));
-    get(&url, &traefik_headers(&[])).await; // a rare code gets its own child
+    get(&url, &traefik_headers(&[])).await; // a rare code counts in its class (200)
     h.outpost.set_behaviour(Behaviour::Status(503));
     for _ in 0..4 {
         let auth = basic(FALLBACK_USER, FALLBACK_PASSWORD);

@@ -337,3 +337,28 @@ async fn log_level_change_applies_on_reload_without_a_restart() {
     }
     assert_eq!(access(&bin), 1, "info level writes the access line");
 }
+
+#[tokio::test]
+async fn a_new_outpost_url_on_reload_resets_the_outage_gauges() {
+    let h = start(trust_loopback).await;
+    h.outpost
+        .set_behaviour(portcullis::demo::outpost::Behaviour::Status(503));
+    let url = h.url(TRAEFIK);
+    for _ in 0..3 {
+        get(&url, &traefik_headers(&[])).await;
+    }
+    assert_eq!(h.app.metrics.outpost_up.get(), 0);
+    assert_eq!(h.app.metrics.fallback_active.get(), 1);
+    let healthy = outpost().await;
+    let mut config = h.config.clone();
+    config.outpost.url = healthy.url().parse().unwrap();
+    h.app.reload(config).unwrap();
+    assert_eq!(
+        h.app.metrics.outpost_up.get(),
+        1,
+        "the new outpost's breaker is closed"
+    );
+    assert_eq!(h.app.metrics.fallback_active.get(), 0);
+    let cookie = format!("{}={}", healthy.cookie_name(), healthy.login("akadmin"));
+    assert_eq!(allow(&url, &cookie).await, 200);
+}

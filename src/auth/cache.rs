@@ -182,9 +182,11 @@ impl Credentials {
         }
     }
 
-    /// Whether there is nothing to purge by.
+    /// Whether there is nothing to purge by. A sign-out is a browser session's: without an
+    /// `authentik_proxy_*` cookie nothing is purged, so a request with only an `Authorization`
+    /// header (or none) cannot make every sign-out URL walk the whole cache.
     pub fn is_empty(&self) -> bool {
-        self.cookies.is_empty() && self.authorization.is_none()
+        self.cookies.is_empty()
     }
 }
 
@@ -262,7 +264,10 @@ impl Cache {
             shard.pop(&key.hash);
             return (Lookup::Expired, None);
         }
-        match entry.identity() {
+        // Unpack outside the lock: a refcount under it, the parsing after.
+        let (data, key_len) = (entry.data.clone(), entry.key_len as usize);
+        drop(shard);
+        match Identity::unpack(&data, key_len) {
             Some(identity) => (Lookup::Hit, Some(identity)),
             None => (Lookup::Miss, None),
         }
@@ -311,13 +316,12 @@ impl Cache {
         let mut removed = self.remove_where(|e| {
             let hit = shares_credential(e.key(), cred);
             if hit {
-                uids.insert(uid_of(e));
+                uids.extend(uid_of(e));
             }
             hit
         });
-        uids.remove(&[][..]);
         if !uids.is_empty() {
-            removed += self.remove_where(|e| uids.contains(&uid_of(e)));
+            removed += self.remove_where(|e| uid_of(e).is_some_and(|u| uids.contains(&u)));
         }
         removed
     }
@@ -378,12 +382,12 @@ impl Cache {
     }
 }
 
-fn uid_of(entry: &Entry) -> bytes::Bytes {
+/// The entry's `X-authentik-uid` (a slice of its buffer: no copy), if non-empty.
+fn uid_of(entry: &Entry) -> Option<HeaderValue> {
     entry
         .identity()
         .and_then(|i| i.get(&super::headers::X_AUTHENTIK_UID))
-        .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()))
-        .unwrap_or_default()
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

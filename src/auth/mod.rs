@@ -26,7 +26,9 @@ use self::coalesce::{Leader, Role, Shared};
 use self::fallback::Verdict;
 use self::headers::{IDENTITY, X_AUTHENTIK_USERNAME, X_AUTH_FALLBACK};
 use self::outpost::{Failure, Identity, Outcome, Relayed};
-use self::request::{has_dot_segments, has_outpost_signature, is_sign_out, Caller};
+use self::request::{
+    has_dot_segments, has_outpost_signature, is_outpost_path, is_sign_out, Caller,
+};
 use crate::app::{App, Runtime};
 use crate::body::Body;
 use crate::error::ProxyError;
@@ -46,16 +48,29 @@ pub struct Answer {
     pub outpost_seconds: Option<f64>,
 }
 
+/// Who asks: the TCP peer, whether the connection is TLS, and — in edge mode, where forwarded
+/// headers are stripped before the check — the client address already resolved from a trusted
+/// proxy's chain (for the emergency realm's limiter).
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    /// The TCP peer.
+    pub ip: IpAddr,
+    /// Whether the connection to us is TLS.
+    pub tls: bool,
+    /// The resolved client, when the caller already knows it.
+    pub client: Option<IpAddr>,
+}
+
 /// Answers one forward-auth check.
-pub async fn check(
-    app: &App,
-    endpoint: Endpoint,
-    parts: &Parts,
-    peer: IpAddr,
-    tls: bool,
-) -> Answer {
+pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> Answer {
     let rt = app.runtime();
-    let caller = Caller::new(parts, peer, &rt.config.server.trusted_proxies, tls);
+    let trusted = &rt.config.server.trusted_proxies;
+    let caller = Caller::new(parts, peer.ip, trusted, peer.tls);
+    // An unknown client (garbage in a trusted chain) is limited as the peer that sent it.
+    let client = peer
+        .client
+        .or_else(|| caller.client_ip(trusted))
+        .unwrap_or(peer.ip);
     let forwarded = forwarded_url(endpoint, &caller);
     if has_dot_segments(forwarded.as_bytes()) {
         return Answer {
@@ -64,7 +79,9 @@ pub async fn check(
             outpost_seconds: None,
         };
     }
-    let signed = has_outpost_signature(forwarded.as_bytes());
+    // Login and logout flows, and the outpost's own paths, are never cached (DESIGN.md 3).
+    let signed =
+        has_outpost_signature(forwarded.as_bytes()) || is_outpost_path(forwarded.as_bytes());
     if is_sign_out(forwarded.as_bytes()) {
         rt.cache.purge(&Credentials::of(&caller));
     }
@@ -87,7 +104,7 @@ pub async fn check(
         }
     }
     if rt.breaker.is_open() {
-        return fallback(app, &rt, &caller, Failure::CircuitOpen, None).await;
+        return fallback(app, &rt, &caller, client, Failure::CircuitOpen, None).await;
     }
     let started = StdInstant::now();
     let outcome = match key.as_ref().map(|k| app.inflight.join(k)) {
@@ -115,7 +132,7 @@ pub async fn check(
             decision: Decision::Deny,
             outpost_seconds: seconds,
         },
-        Outcome::Unavailable(f) => fallback(app, &rt, &caller, f, seconds).await,
+        Outcome::Unavailable(f) => fallback(app, &rt, &caller, client, f, seconds).await,
     }
 }
 
@@ -205,7 +222,6 @@ async fn waited(
     slot: tokio::sync::watch::Receiver<Option<Shared>>,
     forwarded: &HeaderValue,
 ) -> Outcome {
-    app.metrics.coalesced.inc();
     // The leader's exchange is bounded by the same timeout; the grace keeps a waiter that
     // joined in the same timer tick from giving up just before the leader's answer lands.
     let bound = rt.client.timeout() + COALESCE_GRACE;
@@ -215,7 +231,12 @@ async fn waited(
         .flatten()
         .and_then(|s| s.answers(endpoint, forwarded))
     {
-        Some(outcome) => outcome,
+        Some(outcome) => {
+            // Counted only when the shared answer was used (DESIGN.md 7: "instead of making
+            // their own" call).
+            app.metrics.coalesced.inc();
+            outcome
+        }
         // Another question, or the leader vanished or took too long: ask for ourselves.
         None => ask(app, rt, endpoint, caller).await,
     }
@@ -226,6 +247,7 @@ async fn fallback(
     app: &App,
     rt: &Runtime,
     caller: &Caller<'_>,
+    client: IpAddr,
     failure: Failure,
     outpost_seconds: Option<f64>,
 ) -> Answer {
@@ -244,12 +266,16 @@ async fn fallback(
             };
         }
     };
-    // An unknown client (garbage in a trusted chain) is limited as the peer that sent it.
-    let client = caller
-        .client_ip(&rt.config.server.trusted_proxies)
-        .unwrap_or(caller.peer);
     let (response, decision, attempt) = match realm.check(caller.authorization(), client).await {
-        Verdict::Allow { user } => (fallback_allow(&user), Decision::FallbackAllow, Attempt::Ok),
+        Verdict::Allow { user } => match fallback_allow(&user) {
+            Some(resp) => (resp, Decision::FallbackAllow, Attempt::Ok),
+            // Never a 200 without the user: fail closed.
+            None => (
+                fallback_deny(&rt.config.fallback.realm),
+                Decision::FallbackDeny,
+                Attempt::BadCredentials,
+            ),
+        },
         Verdict::Deny => (
             fallback_deny(&rt.config.fallback.realm),
             Decision::FallbackDeny,
@@ -304,19 +330,19 @@ fn relay(r: &Relayed) -> Response<Body> {
     resp
 }
 
-/// 200 from the emergency realm: the user, eleven empty identity headers, the marker.
-fn fallback_allow(user: &Arc<str>) -> Response<Body> {
+/// 200 from the emergency realm: the user, eleven empty identity headers, the marker. `None`
+/// if the user name cannot be a header value (the caller then denies).
+fn fallback_allow(user: &Arc<str>) -> Option<Response<Body>> {
+    let user = HeaderValue::from_str(user).ok().filter(|v| !v.is_empty())?;
     let mut resp = Response::new(Body::Empty);
     let h = resp.headers_mut();
     for name in IDENTITY {
         h.insert(name, headers::EMPTY);
     }
-    if let Ok(v) = HeaderValue::from_str(user) {
-        h.insert(X_AUTHENTIK_USERNAME, v);
-    }
+    h.insert(X_AUTHENTIK_USERNAME, user);
     h.insert(X_AUTH_FALLBACK, headers::TRUE);
     h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    resp
+    Some(resp)
 }
 
 /// 401 with the Basic challenge (RFC 7617 section 2).

@@ -227,19 +227,7 @@ pub fn has_outpost_signature(url: &[u8]) -> bool {
 /// the raw path while a backend may normalise it, so `/public/../admin` could be let through as
 /// `/public` and served as `/admin` (peers.md section 4 item 3): such URLs are refused.
 pub fn has_dot_segments(url: &[u8]) -> bool {
-    let path = match url.windows(3).position(|w| w == b"://") {
-        Some(i) => {
-            let rest = &url[i + 3..];
-            rest.iter()
-                .position(|&b| b == b'/')
-                .map_or(&rest[rest.len()..], |p| &rest[p..])
-        }
-        None => url,
-    };
-    let path = path
-        .split(|&b| b == b'?' || b == b'#')
-        .next()
-        .unwrap_or(path);
+    let path = url_path(url);
     if !path.contains(&b'.') && !path.contains(&b'%') && !path.contains(&b'\\') {
         return false;
     }
@@ -250,14 +238,45 @@ pub fn has_dot_segments(url: &[u8]) -> bool {
             .any(|seg| seg == b"." || seg == b"..")
 }
 
-/// Whether a forwarded URL is a sign-out (path `/outpost.goauthentik.io/sign_out` or the logout
-/// signature).
+/// Whether a forwarded URL is a sign-out: its path is `/outpost.goauthentik.io/sign_out`, or its
+/// query carries the logout signature.
 pub fn is_sign_out(url: &[u8]) -> bool {
-    contains_folded(
-        url,
-        &[b"/outpost.goauthentik.io/sign_out", b"x-authentik-logout"],
-    )
+    let query = url
+        .iter()
+        .position(|&b| b == b'?')
+        .map_or(&url[url.len()..], |q| &url[q + 1..]);
+    contains_folded(url_path(url), &[b"/outpost.goauthentik.io/sign_out"])
+        || contains_folded(query, &[b"x-authentik-logout"])
 }
+
+/// Whether a forwarded URL points under `/outpost.goauthentik.io/` itself (start, callback,
+/// sign_out): never answered from or stored in the cache (DESIGN.md section 3).
+pub fn is_outpost_path(url: &[u8]) -> bool {
+    let path = url_path(url);
+    path.len() >= OUTPOST_PREFIX.len()
+        && path[..OUTPOST_PREFIX.len()].eq_ignore_ascii_case(OUTPOST_PREFIX)
+}
+
+/// The path of a forwarded URL (absolute, or path and query): no scheme, authority, query or
+/// fragment.
+fn url_path(url: &[u8]) -> &[u8] {
+    let path = match url.windows(3).position(|w| w == b"://") {
+        Some(i) => {
+            let rest = &url[i + 3..];
+            rest.iter()
+                .position(|&b| b == b'/')
+                .map_or(&rest[rest.len()..], |p| &rest[p..])
+        }
+        None => url,
+    };
+    let end = path
+        .iter()
+        .position(|&b| b == b'?' || b == b'#')
+        .unwrap_or(path.len());
+    &path[..end]
+}
+
+const OUTPOST_PREFIX: &[u8] = b"/outpost.goauthentik.io/";
 
 /// Whether `hay`, lower-cased and percent-decoded, contains one of the lower-case `needles`.
 /// Decoding (an allocation) happens only when `hay` holds an escape, which the hot path's
@@ -351,6 +370,25 @@ mod tests {
         let p = parts(&[("x-forwarded-for", "203.0.113.5, not-an-ip")]);
         let c = Caller::new(&p, "10.0.0.2".parse().unwrap(), &nets, false);
         assert_eq!(c.client_ip(&nets), None);
+    }
+
+    #[test]
+    fn sign_out_and_outpost_paths_are_told_apart_from_lookalikes() {
+        assert!(is_sign_out(b"/outpost.goauthentik.io/sign_out"));
+        assert!(is_sign_out(
+            b"https://app.example/outpost.goauthentik.io/sign_out?x=1"
+        ));
+        assert!(is_sign_out(b"/app?X-authentik-logout=true"));
+        assert!(!is_sign_out(b"/app?X-authentik-auth-callback=true"));
+        assert!(!is_sign_out(b"/x-authentik-logout/page"));
+        assert!(is_outpost_path(b"/outpost.goauthentik.io/start?rd=x"));
+        assert!(is_outpost_path(
+            b"https://app.example/Outpost.goauthentik.io/callback"
+        ));
+        assert!(!is_outpost_path(b"/app/outpost.goauthentik.io/start"));
+        assert!(!is_outpost_path(
+            b"/dashboard?next=/outpost.goauthentik.io/start"
+        ));
     }
 
     #[test]

@@ -242,17 +242,22 @@ async fn routed(
     };
     // An unknown client (garbage in a trusted chain) is never local.
     let local = route.auth == RouteAuth::None || client.is_some_and(|c| route.is_local(c));
+    // Edge mode is the edge: what the outpost judges (host, scheme, path, method) comes from the
+    // request itself, never from a client's X-Forwarded-* (DESIGN.md section 5), even a trusted
+    // peer's. Only the limiter's client address was taken from a trusted chain, above.
+    strip_client_headers(&mut parts.headers);
     let (decision, outpost_seconds) = if local {
-        strip_client_headers(&mut parts.headers);
         (Decision::Passthrough, None)
     } else {
-        // The pipeline sees the request as sent: it forwards only what the outpost reads, and
-        // the limiter needs a trusted proxy's X-Forwarded-For.
-        let answer = auth::check(app, Endpoint::Edge, &parts, peer.ip(), true).await;
+        let who = auth::Peer {
+            ip: peer.ip(),
+            tls: true,
+            client,
+        };
+        let answer = auth::check(app, Endpoint::Edge, &parts, who).await;
         if !answer.response.status().is_success() {
             return answer;
         }
-        strip_client_headers(&mut parts.headers);
         apply_identity(
             &mut parts.headers,
             answer.response.headers(),
