@@ -105,24 +105,31 @@ impl<K: std::hash::Hash + Eq + Copy> Counter<K> {
         }
     }
 
-    /// Keeps the map under `cap`: drop expired windows, then, if still full, the oldest.
+    /// Keeps the map under `cap`: drop expired windows, then, if still full, the oldest tenth at
+    /// once. Evicting in bulk keeps the cost amortised O(1) per new key even while an attacker
+    /// sprays fresh addresses or names into a full map (one O(n) pass frees room for n/10 keys).
     fn make_room(&mut self, window: Duration, now: Instant) {
         if self.map.len() < self.cap {
             return;
         }
         self.map
             .retain(|_, entry| remaining(entry.started, window, now).is_some());
-        while self.map.len() >= self.cap {
-            let oldest = self
-                .map
-                .iter()
-                .min_by_key(|(_, e)| e.started)
-                .map(|(k, _)| *k);
-            match oldest {
-                Some(key) => self.map.remove(&key),
-                None => break,
-            };
+        if self.map.len() < self.cap {
+            return;
         }
+        let evict = (self.cap / 10).max(1);
+        let mut starts: Vec<Instant> = self.map.values().map(|e| e.started).collect();
+        let cut = evict.min(starts.len()) - 1;
+        let (_, &mut threshold, _) = starts.select_nth_unstable(cut);
+        let mut left = evict;
+        self.map.retain(|_, e| {
+            if left > 0 && e.started <= threshold {
+                left -= 1;
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
@@ -214,5 +221,27 @@ mod tests {
         tokio::time::advance(window).await;
         counter.add(4, window, Instant::now());
         assert_eq!(counter.map.len(), 1, "expired entries dropped first");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_map_evicts_the_oldest_tenth_at_once() {
+        let mut counter: Counter<u32> = Counter::new(1, 100);
+        let window = Duration::from_secs(1000);
+        for key in 0..100 {
+            counter.add(key, window, Instant::now());
+            tokio::time::advance(Duration::from_millis(10)).await;
+        }
+        counter.add(100, window, Instant::now());
+        assert_eq!(counter.map.len(), 91, "ten oldest gone, the new key in");
+        assert!((0..10).all(|k| !counter.map.contains_key(&k)));
+        assert!(counter.map.contains_key(&10) && counter.map.contains_key(&100));
+        for key in 101..110 {
+            counter.add(key, window, Instant::now());
+        }
+        assert_eq!(
+            counter.map.len(),
+            100,
+            "room for nine more without another eviction"
+        );
     }
 }
