@@ -20,7 +20,7 @@ const FALLBACK_PASSWORD: &str = "emergency";
 
 /// Runs the demo until Ctrl-C (or, with `self_test`, runs the checks and exits).
 pub fn main(listen: SocketAddr, self_test: bool) -> ExitCode {
-    let _ = crate::cli::init_logging(&LogConfig {
+    let _logging = crate::cli::init_logging(&LogConfig {
         level: "info".into(),
         format: LogFormat::Text,
     });
