@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE, HOST, USER_AGENT};
 use http::uri::PathAndQuery;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Limited};
 
 use super::headers::{
     self, IDENTITY, X_AUTHENTIK_JWT, X_AUTHENTIK_USERNAME, X_FORWARDED_FOR, X_FORWARDED_HOST,
@@ -23,7 +22,8 @@ pub use super::identity::Identity;
 use super::request::Caller;
 use crate::body::Body;
 use crate::metrics::Endpoint;
-use crate::upstream::client::{ClientError, OutpostClient};
+use crate::upstream::client::OutpostClient;
+use crate::upstream::pool::PoolError;
 
 /// Largest outpost body read on the auth leg (a 302 page or an error JSON is a few hundred bytes).
 pub const AUTH_BODY_LIMIT: usize = 256 * 1024;
@@ -209,27 +209,15 @@ pub async fn exchange(client: &OutpostClient, req: Request<Body>, timeout: Durat
 }
 
 async fn send_and_read(client: &OutpostClient, req: Request<Body>) -> Outcome {
-    let resp = match client.send(req).await {
-        Ok(resp) => resp,
-        Err(ClientError::Refused(_)) => return Outcome::Unavailable(Failure::Refused),
-        Err(ClientError::Connect(_)) => return Outcome::Unavailable(Failure::Connect),
-        Err(_) => return Outcome::Unavailable(Failure::Exchange),
-    };
-    let (parts, body) = resp.into_parts();
     // Read to the end (or give up and drop the connection) before deciding anything, so the
     // pooled connection is clean (security rule 5).
-    let body = match Limited::new(body, AUTH_BODY_LIMIT).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(err)
-            if err
-                .downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            return Outcome::Unavailable(Failure::Protocol)
-        }
-        Err(_) => return Outcome::Unavailable(Failure::Exchange),
-    };
-    classify(parts.status, parts.headers, body)
+    match client.auth_pool().exchange(req, AUTH_BODY_LIMIT).await {
+        Ok((parts, body)) => classify(parts.status, parts.headers, body),
+        Err(PoolError::Refused(_)) => Outcome::Unavailable(Failure::Refused),
+        Err(PoolError::Connect(_)) => Outcome::Unavailable(Failure::Connect),
+        Err(PoolError::TooLarge) => Outcome::Unavailable(Failure::Protocol),
+        Err(PoolError::Exchange(_)) => Outcome::Unavailable(Failure::Exchange),
+    }
 }
 
 /// Sorts an outpost answer (DESIGN.md section 1).

@@ -49,10 +49,12 @@ impl Service<Uri> for CountingConnector {
     }
 }
 
-/// The pooled client plus the outpost's base address.
+/// The pooled clients plus the outpost's base address: the general pool (passthrough, probe)
+/// and the lean auth-leg pool ([`super::pool::AuthPool`]).
 #[derive(Clone, Debug)]
 pub struct OutpostClient {
     client: Client<CountingConnector, Body>,
+    auth: std::sync::Arc<super::pool::AuthPool>,
     scheme: Scheme,
     authority: Authority,
     timeout: Duration,
@@ -84,7 +86,7 @@ impl OutpostClient {
         http.enforce_http(true);
         let connector = CountingConnector {
             inner: http,
-            opened,
+            opened: opened.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(cfg.pool_max_idle)
@@ -98,8 +100,16 @@ impl OutpostClient {
             .authority()
             .cloned()
             .unwrap_or(Authority::from_static("127.0.0.1"));
+        let auth = std::sync::Arc::new(super::pool::AuthPool::new(
+            authority.clone(),
+            cfg.pool_max_idle,
+            cfg.pool_idle_timeout,
+            cfg.connect_timeout,
+            opened,
+        ));
         OutpostClient {
             client,
+            auth,
             scheme,
             authority,
             timeout: cfg.timeout,
@@ -123,6 +133,11 @@ impl OutpostClient {
     /// `outpost.timeout`.
     pub fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// The lean pool for forward-auth exchanges (bodiless GETs read whole).
+    pub fn auth_pool(&self) -> &super::pool::AuthPool {
+        &self.auth
     }
 
     /// Sends one request and waits for the response head (no timeout here: callers bound the

@@ -3,3 +3,4 @@
 pub mod breaker;
 pub mod client;
 pub mod passthrough;
+pub mod pool;
