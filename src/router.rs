@@ -170,7 +170,8 @@ pub(crate) async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tl
     }
 }
 
-fn refused(err: ProxyError) -> Answer {
+/// The answer for a request the proxy refuses itself (counted as `decision="error"`).
+pub(crate) fn refused(err: ProxyError) -> Answer {
     Answer {
         response: err.response(),
         decision: Decision::Error,

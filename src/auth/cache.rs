@@ -364,14 +364,12 @@ impl Cache {
 
     /// Entries whose TTL has not passed at `now` (walks every shard: for scrapes, not requests).
     pub fn live_len(&self, now: Instant) -> usize {
+        let now = self.millis(now);
         self.shards
             .iter()
             .map(|s| {
-                s.lock().map_or(0, |s| {
-                    s.iter()
-                        .filter(|(_, e)| e.expires > self.millis(now))
-                        .count()
-                })
+                s.lock()
+                    .map_or(0, |s| s.iter().filter(|(_, e)| e.expires > now).count())
             })
             .sum()
     }

@@ -236,7 +236,7 @@ pub fn classify(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Outc
                 for name in IDENTITY {
                     headers.insert(name, headers::EMPTY);
                 }
-                headers.retain_family_canonical();
+                drop_odd_identity_spellings(&mut headers);
                 Outcome::Anonymous(Arc::new(Relayed {
                     status,
                     headers,
@@ -300,12 +300,10 @@ enum ExtraKind {
 }
 
 fn sort_extra(name: &HeaderName) -> ExtraKind {
-    let s = name.as_str();
-    if headers::is_authentik_family(s) && !s.starts_with("x-authentik-") {
-        // The outpost drops underscore spellings itself (2025.10); so do we.
+    if is_odd_identity_spelling(name) {
         return ExtraKind::Drop;
     }
-    match s {
+    match name.as_str() {
         "set-cookie" | "x-powered-by" | "vary" => ExtraKind::ThisAnswer,
         "user-agent"
         | "location"
@@ -339,23 +337,22 @@ pub fn jwt_exp(token: &[u8]) -> Option<u64> {
         .map(|e| e as u64)
 }
 
-/// Removing non-canonical identity spellings from a relayed header map.
-trait RetainFamily {
-    fn retain_family_canonical(&mut self);
+/// An `X-authentik-` family name in a spelling other than the dashed one (`_`, `.`): the outpost
+/// drops these itself since 2025.10, and so do we on every relayed answer.
+fn is_odd_identity_spelling(name: &HeaderName) -> bool {
+    let s = name.as_str();
+    headers::is_authentik_family(s) && !s.starts_with("x-authentik-")
 }
 
-impl RetainFamily for HeaderMap {
-    fn retain_family_canonical(&mut self) {
-        let odd: Vec<HeaderName> = self
-            .keys()
-            .filter(|n| {
-                headers::is_authentik_family(n.as_str()) && !n.as_str().starts_with("x-authentik-")
-            })
-            .cloned()
-            .collect();
-        for n in odd {
-            self.remove(n);
-        }
+/// Removes every odd spelling of the identity family from a relayed header map.
+fn drop_odd_identity_spellings(headers: &mut HeaderMap) {
+    let odd: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_odd_identity_spelling(n))
+        .cloned()
+        .collect();
+    for n in odd {
+        headers.remove(n);
     }
 }
 

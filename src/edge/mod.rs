@@ -83,9 +83,11 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
     let host = checked.as_ref().ok().and_then(Option::as_ref);
     let route = host.and_then(|h| edge.routes.find(&h.name)).cloned();
     let (endpoint, answer) = match (&checked, route) {
-        (Err(err), _) => (Endpoint::Edge, refused(err.clone())),
+        (Err(err), _) => (Endpoint::Edge, router::refused(err.clone())),
         // Before auth, on every route: the outpost and the backend must see the same path.
-        _ if path::is_ambiguous(req.uri().path()) => (Endpoint::Edge, refused(ProxyError::BadPath)),
+        _ if path::is_ambiguous(req.uri().path()) => {
+            (Endpoint::Edge, router::refused(ProxyError::BadPath))
+        }
         _ if req.uri().path().starts_with(OUTPOST_PREFIX) => {
             (Endpoint::Outpost, outpost(&app, req, peer).await)
         }
@@ -194,15 +196,6 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<RequestHost>, ProxyError> 
     }))
 }
 
-/// What the proxy refuses by itself, as an answer.
-fn refused(err: ProxyError) -> Answer {
-    Answer {
-        response: err.response(),
-        decision: Decision::Error,
-        outpost_seconds: None,
-    }
-}
-
 /// The `Host` the backend (and the outpost) sees: the route's configured host, plus the
 /// client's port when it sent one.
 fn forwarded_host(route: &Route, port: Option<u16>) -> HeaderValue {
@@ -216,7 +209,7 @@ fn forwarded_host(route: &Route, port: Option<u16>) -> HeaderValue {
 /// `/outpost.goauthentik.io/*`: the auth tier's passthrough, ambiguous paths refused.
 async fn outpost(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer {
     if router::route(req.uri().path()) == router::Route::BadPath {
-        return refused(ProxyError::BadPath);
+        return router::refused(ProxyError::BadPath);
     }
     router::pass(app, req, peer, true).await
 }

@@ -72,9 +72,6 @@ pub enum ClientError {
     /// The connection broke during the exchange.
     #[error("outpost exchange failed")]
     Exchange(#[source] hyper_util::client::legacy::Error),
-    /// The whole exchange took longer than `outpost.timeout`.
-    #[error("outpost did not answer within {0:?}")]
-    Timeout(Duration),
 }
 
 impl OutpostClient {
