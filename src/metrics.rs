@@ -125,6 +125,22 @@ pub enum Attempt {
     Limited,
 }
 
+/// Every metric name of DESIGN.md section 7: the contract alert rules and dashboards rely on.
+pub const NAMES: [&str; 12] = [
+    "portcullis_requests_total",
+    "portcullis_request_duration_seconds",
+    "portcullis_cache_lookups_total",
+    "portcullis_cache_entries",
+    "portcullis_coalesced_total",
+    "portcullis_outpost_responses_total",
+    "portcullis_outpost_duration_seconds",
+    "portcullis_outpost_connections_opened_total",
+    "portcullis_outpost_up",
+    "portcullis_fallback_active",
+    "portcullis_fallback_attempts_total",
+    "portcullis_config_reloads_total",
+];
+
 /// Label values of `portcullis_outpost_responses_total{code}`.
 const OUTPOST_CODES: [&str; 6] = ["200", "302", "400", "401", "5xx", "error"];
 
@@ -427,20 +443,7 @@ mod tests {
         let m = Metrics::new();
         m.outpost_duration.observe(0.01);
         let text = m.render();
-        for name in [
-            "portcullis_requests_total",
-            "portcullis_request_duration_seconds",
-            "portcullis_cache_lookups_total",
-            "portcullis_cache_entries",
-            "portcullis_coalesced_total",
-            "portcullis_outpost_responses_total",
-            "portcullis_outpost_duration_seconds",
-            "portcullis_outpost_connections_opened_total",
-            "portcullis_outpost_up",
-            "portcullis_fallback_active",
-            "portcullis_fallback_attempts_total",
-            "portcullis_config_reloads_total",
-        ] {
+        for name in NAMES {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
     }

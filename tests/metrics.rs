@@ -397,20 +397,7 @@ async fn promtool_accepts_the_scrape_after_a_mixed_run() {
     }
     let text = scrape(h.admin).await;
     println!("{text}");
-    for name in [
-        "portcullis_requests_total",
-        "portcullis_request_duration_seconds",
-        "portcullis_cache_lookups_total",
-        "portcullis_cache_entries",
-        "portcullis_coalesced_total",
-        "portcullis_outpost_responses_total",
-        "portcullis_outpost_duration_seconds",
-        "portcullis_outpost_connections_opened_total",
-        "portcullis_outpost_up",
-        "portcullis_fallback_active",
-        "portcullis_fallback_attempts_total",
-        "portcullis_config_reloads_total",
-    ] {
+    for name in portcullis::metrics::NAMES {
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
     }
     let Some(out) = promtool(&["check", "metrics"], &text) else {
