@@ -125,13 +125,28 @@ fn set_level<S>(
     handle.reload(filter).map_err(|e| e.to_string())
 }
 
-/// A multi-threaded Tokio runtime with `workers` threads (0: one per available CPU).
+/// The Tokio runtime for `workers` threads (0: one per CPU this process may run on).
+///
+/// One thread gets the current-thread scheduler: with a single worker the multi-threaded one only
+/// adds cross-thread handoffs, and it runs a woken task at once (its LIFO slot), so every outpost
+/// write happens in the middle of reading the next requests. The current-thread scheduler first
+/// runs what is ready, then writes: under load on one core the outpost is woken (and this process
+/// preempted) about half as often, measured in `benches/RESULTS.md`. Blocking work (password
+/// hashing) still goes to the blocking pool either way.
 pub fn tokio_runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if workers > 0 {
-        b.worker_threads(workers);
+    let workers = match workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    if workers == 1 {
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
     }
-    b.enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
 }
 
 /// `portcullis serve`: bind, build the app, watch for reloads, serve until SIGTERM/SIGINT.

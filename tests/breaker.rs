@@ -428,12 +428,3 @@ async fn readyz_stays_ready_during_an_outage_and_reports_the_outpost_down() {
     assert!(body.contains("outpost: down"), "{body}");
     assert!(body.contains("fallback: active"), "{body}");
 }
-
-/// `Basic base64(user:password)`.
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}

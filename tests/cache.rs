@@ -195,12 +195,6 @@ async fn fallback_allow_is_never_stored() {
     assert_eq!(cached(&h), 0);
 }
 
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {token}")
-}
-
 #[tokio::test]
 async fn entry_expires_after_the_ttl() {
     let h = start(|c| {

@@ -13,15 +13,6 @@ use support::*;
 
 const AUTH: &str = "/outpost.goauthentik.io/auth/traefik";
 
-/// `Basic base64(user:password)`.
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine as _;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
 /// A proxy whose outpost refuses connections, so every check reaches the fallback.
 async fn outage(tweak: impl FnOnce(&mut Config)) -> Harness {
     let outpost = outpost().await;

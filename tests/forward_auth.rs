@@ -66,12 +66,6 @@ fn last_request(h: &Harness) -> portcullis::demo::outpost::RecordedRequest {
     h.outpost.requests().pop().expect("the outpost was asked")
 }
 
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {token}")
-}
-
 #[tokio::test]
 async fn basic_header_auth_is_allowed_and_relays_the_outposts_session_cookie() {
     let h = start(trust_loopback).await;

@@ -340,15 +340,6 @@ async fn config_reloads_are_counted_ok_and_rejected() {
     assert_eq!((reloads("ok"), reloads("rejected")), (1.0, 2.0));
 }
 
-/// `Basic base64(user:password)`.
-fn basic(user: &str, password: &str) -> String {
-    use base64::Engine;
-    format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
-    )
-}
-
 /// Runs promtool with `args` and `stdin`; `None` (after printing why) when it is not installed
 /// and this is not CI.
 fn promtool(args: &[&str], stdin: &str) -> Option<std::process::Output> {

@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use portcullis::demo::outpost::{Behaviour, RecordedRequest};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -108,11 +107,6 @@ fn assert_no_spoofed_identity(r: &Reply, what: &str) {
             "{what}: {name} must appear exactly once"
         );
     }
-}
-
-fn basic(user: &str, password: &str) -> String {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    format!("Basic {token}")
 }
 
 #[tokio::test]

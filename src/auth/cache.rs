@@ -525,12 +525,12 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        let soon = Identity::from_pairs([], Some(now + 3));
+        let soon = Identity::from_pairs::<&[u8]>([], Some(now + 3));
         let ttl = cache.ttl_for(&soon).unwrap();
         assert!(ttl <= Duration::from_secs(3) && ttl >= Duration::from_secs(2));
-        let past = Identity::from_pairs([], Some(now - 1));
+        let past = Identity::from_pairs::<&[u8]>([], Some(now - 1));
         assert_eq!(cache.ttl_for(&past), None);
-        let far = Identity::from_pairs([], Some(now + 3600));
+        let far = Identity::from_pairs::<&[u8]>([], Some(now + 3600));
         assert_eq!(cache.ttl_for(&far), Some(Duration::from_secs(10)));
     }
 }

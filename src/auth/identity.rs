@@ -35,20 +35,34 @@ impl std::fmt::Debug for Identity {
 }
 
 impl Identity {
-    /// Packs header pairs; a fixed identity header missing from `pairs` is kept, empty.
-    /// `jwt_exp` is the `exp` of `X-authentik-jwt` (seconds since the epoch), if known.
-    pub fn from_pairs(
-        pairs: impl IntoIterator<Item = (HeaderName, HeaderValue)>,
+    /// Packs header pairs; a fixed identity header missing from `pairs` is kept, empty, and only
+    /// the first value of a fixed one counts. `jwt_exp` is the `exp` of `X-authentik-jwt`
+    /// (seconds since the epoch), if known.
+    pub fn from_pairs<V: AsRef<[u8]>>(
+        pairs: impl IntoIterator<Item = (HeaderName, V)>,
         jwt_exp: Option<u64>,
     ) -> Identity {
-        let mut fixed: [Option<HeaderValue>; 12] = Default::default();
+        let pairs: Vec<(HeaderName, V)> = pairs.into_iter().collect();
+        let mut fixed: [Option<&[u8]>; 12] = [None; 12];
         let mut others = Vec::new();
-        for (name, value) in pairs {
-            match IDENTITY.iter().position(|n| *n == name) {
-                Some(i) => fixed[i] = Some(value),
-                None => others.push((name, value)),
+        for (name, value) in &pairs {
+            match IDENTITY.iter().position(|n| n == name) {
+                Some(i) => {
+                    fixed[i].get_or_insert(value.as_ref());
+                }
+                None => others.push((name.clone(), value.as_ref())),
             }
         }
+        Identity::from_slots(&fixed, others, jwt_exp)
+    }
+
+    /// Packs the twelve fixed values (in [`IDENTITY`] order; `None` is kept, empty) and further
+    /// headers. The values must be valid header values.
+    pub fn from_slots(
+        fixed: &[Option<&[u8]>; 12],
+        others: Vec<(HeaderName, &[u8])>,
+        jwt_exp: Option<u64>,
+    ) -> Identity {
         let total = fixed
             .iter()
             .flatten()
@@ -59,14 +73,14 @@ impl Identity {
         let mut ends = [0u32; 12];
         for (i, value) in fixed.iter().enumerate() {
             if let Some(v) = value {
-                buf.extend_from_slice(v.as_bytes());
+                buf.extend_from_slice(v);
             }
             ends[i] = offset(&buf);
         }
         let extra = others
             .into_iter()
             .map(|(name, v)| {
-                buf.extend_from_slice(v.as_bytes());
+                buf.extend_from_slice(v);
                 (name, offset(&buf))
             })
             .collect();

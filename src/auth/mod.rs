@@ -157,7 +157,7 @@ fn forwarded_url(endpoint: Endpoint, caller: &Caller<'_>) -> HeaderValue {
 async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -> Outcome {
     let req = outpost::build_request(&rt.client, endpoint, caller);
     let started = StdInstant::now();
-    let outcome = outpost::exchange(&rt.client, req, rt.client.timeout()).await;
+    let outcome = outpost::exchange(&rt.client, &req, rt.client.timeout()).await;
     app.metrics
         .outpost_duration
         .observe(started.elapsed().as_secs_f64());
@@ -173,8 +173,13 @@ async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -
                 reason = f.as_str(),
                 "outpost unavailable"
             );
-            let t = rt.breaker.record_failure(*f == Failure::Refused);
-            app.breaker_transition(t, f.as_str());
+            // A broken answer is an answer: it fails closed and leaves the breaker alone, so
+            // an outpost (or something in its place) that misframes can never open the
+            // emergency realm (DESIGN.md section 8).
+            if f.falls_back() {
+                let t = rt.breaker.record_failure(*f == Failure::Refused);
+                app.breaker_transition(t, f.as_str());
+            }
         }
         Outcome::Allow(_) => {
             app.metrics.outpost_response(Some(200));

@@ -10,20 +10,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, COOKIE, HOST, USER_AGENT};
+use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, HOST, USER_AGENT};
 use http::uri::PathAndQuery;
-use http::{Method, Request, StatusCode};
+use http::StatusCode;
 
 use super::headers::{
-    self, IDENTITY, X_AUTHENTIK_JWT, X_AUTHENTIK_USERNAME, X_FORWARDED_FOR, X_FORWARDED_HOST,
-    X_FORWARDED_METHOD, X_FORWARDED_PROTO, X_FORWARDED_URI, X_ORIGINAL_URL,
+    self, IDENTITY, X_AUTHENTIK_JWT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD,
+    X_FORWARDED_PROTO, X_FORWARDED_URI, X_ORIGINAL_URL,
 };
 pub use super::identity::Identity;
 use super::request::Caller;
-use crate::body::Body;
 use crate::metrics::Endpoint;
 use crate::upstream::client::OutpostClient;
 use crate::upstream::pool::PoolError;
+use crate::upstream::wire::Answer;
 
 /// Largest outpost body read on the auth leg (a 302 page or an error JSON is a few hundred bytes).
 pub const AUTH_BODY_LIMIT: usize = 256 * 1024;
@@ -143,154 +143,194 @@ pub fn auth_path(endpoint: Endpoint, caller: &Caller<'_>) -> PathAndQuery {
     }
 }
 
-/// Builds the request the outpost sees: `GET`, no body, only what the outpost reads.
-pub fn build_request(
-    client: &OutpostClient,
-    endpoint: Endpoint,
-    caller: &Caller<'_>,
-) -> Request<Body> {
-    let mut req = Request::new(Body::Empty);
-    *req.method_mut() = Method::GET;
-    *req.uri_mut() = client.uri(auth_path(endpoint, caller));
-    let h = req.headers_mut();
-    h.reserve(10);
-    if let Some(host) = caller.host() {
-        h.insert(HOST, host.clone());
-        h.insert(X_FORWARDED_HOST, host);
+/// Builds the request head the outpost sees: `GET`, no body, only what the outpost reads. Every
+/// value comes from a `HeaderValue` (no CR, LF or NUL can be in it), joined by fixed bytes.
+pub fn build_request(client: &OutpostClient, endpoint: Endpoint, caller: &Caller<'_>) -> Vec<u8> {
+    let path = auth_path(endpoint, caller);
+    let cookies = caller.cookies();
+    let cookie_bytes: usize = cookies.iter().map(|v| v.len() + 2).sum();
+    let mut head = Vec::with_capacity(512 + path.as_str().len() + cookie_bytes);
+    head.extend_from_slice(b"GET ");
+    head.extend_from_slice(path.as_str().as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    let host = caller.host();
+    let authority = client.authority().as_str().as_bytes();
+    field(
+        &mut head,
+        &HOST,
+        host.as_ref().map_or(authority, |h| h.as_bytes()),
+    );
+    if let Some(host) = &host {
+        field(&mut head, &X_FORWARDED_HOST, host.as_bytes());
     }
-    h.insert(X_FORWARDED_PROTO, caller.proto());
-    h.insert(X_FORWARDED_URI, caller.uri());
-    h.insert(X_FORWARDED_METHOD, caller.method());
-    h.insert(X_FORWARDED_FOR, caller.forwarded_for());
+    field(&mut head, &X_FORWARDED_PROTO, caller.proto().as_bytes());
+    field(&mut head, &X_FORWARDED_URI, caller.uri().as_bytes());
+    field(&mut head, &X_FORWARDED_METHOD, caller.method().as_bytes());
+    field(
+        &mut head,
+        &X_FORWARDED_FOR,
+        caller.forwarded_for().as_bytes(),
+    );
     if endpoint == Endpoint::Nginx {
         if let Some(url) = caller.original_url() {
-            h.insert(X_ORIGINAL_URL, url.clone());
+            field(&mut head, &X_ORIGINAL_URL, url.as_bytes());
         }
     }
-    if let Some(cookie) = joined_cookies(caller) {
-        h.insert(COOKIE, cookie);
+    // One Cookie header (RFC 6265 section 5.4: a single header on HTTP/1.1), joining the pieces
+    // HTTP/2 clients split.
+    let mut pieces = cookies.iter();
+    if let Some(first) = pieces.next() {
+        head.extend_from_slice(b"cookie: ");
+        head.extend_from_slice(first.as_bytes());
+        for piece in pieces {
+            head.extend_from_slice(b"; ");
+            head.extend_from_slice(piece.as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
     }
     if let Some(auth) = caller.authorization() {
-        h.insert(AUTHORIZATION, auth.clone());
+        field(&mut head, &AUTHORIZATION, auth.as_bytes());
     }
     if let Some(ua) = caller.user_agent() {
-        h.insert(USER_AGENT, ua.clone());
+        field(&mut head, &USER_AGENT, ua.as_bytes());
     }
-    req
+    head.extend_from_slice(b"\r\n");
+    head
 }
 
-/// One `Cookie` header (RFC 6265 section 5.4: a single header on HTTP/1.1), joining the pieces
-/// HTTP/2 clients split.
-fn joined_cookies(caller: &Caller<'_>) -> Option<HeaderValue> {
-    let mut all = caller.cookies().iter();
-    let first = all.next()?;
-    let Some(second) = all.next() else {
-        return Some(first.clone());
-    };
-    let mut buf = Vec::with_capacity(first.len() + second.len() + 64);
-    for v in std::iter::once(first)
-        .chain(std::iter::once(second))
-        .chain(all)
-    {
-        if !buf.is_empty() {
-            buf.extend_from_slice(b"; ");
+fn field(head: &mut Vec<u8>, name: &HeaderName, value: &[u8]) {
+    head.extend_from_slice(name.as_str().as_bytes());
+    head.extend_from_slice(b": ");
+    head.extend_from_slice(value);
+    head.extend_from_slice(b"\r\n");
+}
+
+/// Sends `head` and sorts the answer, all within `timeout`. The answer is read to its end (or
+/// the connection dropped) before anything is decided, so the pooled connection is clean
+/// (security rule 5).
+pub async fn exchange(client: &OutpostClient, head: &[u8], timeout: Duration) -> Outcome {
+    let answer =
+        tokio::time::timeout(timeout, client.auth_pool().exchange(head, AUTH_BODY_LIMIT)).await;
+    match answer {
+        Ok(Ok(answer)) => classify(&answer),
+        Ok(Err(PoolError::Refused(_))) => Outcome::Unavailable(Failure::Refused),
+        Ok(Err(PoolError::Connect(_))) => Outcome::Unavailable(Failure::Connect),
+        Ok(Err(PoolError::Exchange(_))) => Outcome::Unavailable(Failure::Exchange),
+        Ok(Err(PoolError::Protocol(err))) => {
+            tracing::warn!(error = %err, "outpost answer refused");
+            Outcome::Unavailable(Failure::Protocol)
         }
-        buf.extend_from_slice(v.as_bytes());
-    }
-    HeaderValue::from_bytes(&buf).ok()
-}
-
-/// Sends `req` and sorts the answer, all within `timeout`.
-pub async fn exchange(client: &OutpostClient, req: Request<Body>, timeout: Duration) -> Outcome {
-    match tokio::time::timeout(timeout, send_and_read(client, req)).await {
-        Ok(outcome) => outcome,
         Err(_) => Outcome::Unavailable(Failure::Timeout),
     }
 }
 
-async fn send_and_read(client: &OutpostClient, req: Request<Body>) -> Outcome {
-    // Read to the end (or give up and drop the connection) before deciding anything, so the
-    // pooled connection is clean (security rule 5).
-    match client.auth_pool().exchange(req, AUTH_BODY_LIMIT).await {
-        Ok((parts, body)) => classify(parts.status, parts.headers, body),
-        Err(PoolError::Refused(_)) => Outcome::Unavailable(Failure::Refused),
-        Err(PoolError::Connect(_)) => Outcome::Unavailable(Failure::Connect),
-        Err(PoolError::TooLarge) => Outcome::Unavailable(Failure::Protocol),
-        Err(PoolError::Exchange(_)) => Outcome::Unavailable(Failure::Exchange),
+/// Sorts an outpost answer (DESIGN.md section 1). Hop-by-hop fields (and those `Connection`
+/// lists) and `Content-Length` never travel on.
+pub fn classify(answer: &Answer) -> Outcome {
+    let status = answer.status;
+    if (502..=504).contains(&status) {
+        return Outcome::Unavailable(Failure::Status(status));
     }
-}
-
-/// Sorts an outpost answer (DESIGN.md section 1).
-pub fn classify(status: StatusCode, mut headers: HeaderMap, body: Bytes) -> Outcome {
-    headers::strip_hop_by_hop(&mut headers);
-    headers.remove(http::header::CONTENT_LENGTH);
-    match status.as_u16() {
-        502..=504 => Outcome::Unavailable(Failure::Status(status.as_u16())),
-        200..=299 => {
-            let named = headers
-                .get(&X_AUTHENTIK_USERNAME)
-                .is_some_and(|v| !v.as_bytes().iter().all(u8::is_ascii_whitespace));
-            if named {
-                Outcome::Allow(Arc::new(allowed(headers)))
-            } else {
-                for name in IDENTITY {
-                    headers.insert(name, headers::EMPTY);
-                }
-                drop_odd_identity_spellings(&mut headers);
-                Outcome::Anonymous(Arc::new(Relayed {
-                    status,
-                    headers,
-                    body,
-                }))
-            }
-        }
-        _ => Outcome::Deny(Arc::new(Relayed {
-            status,
-            headers,
-            body,
-        })),
+    let Ok(code) = StatusCode::from_u16(status) else {
+        return Outcome::Unavailable(Failure::Protocol);
+    };
+    let fields = end_to_end(answer);
+    if !(200..=299).contains(&status) {
+        return Outcome::Deny(Arc::new(relayed(code, &fields, answer)));
     }
-}
-
-/// Splits a 2xx answer into the cacheable identity and the per-answer extras.
-fn allowed(mut headers: HeaderMap) -> Allowed {
-    let mut identity = Vec::with_capacity(IDENTITY.len() + 2);
+    let named = fields
+        .iter()
+        .find(|f| f.slot == Some(USERNAME_SLOT))
+        .is_some_and(|f| !f.value.iter().all(u8::is_ascii_whitespace));
+    if named {
+        return Outcome::Allow(Arc::new(allowed(&fields)));
+    }
+    let mut anonymous = relayed(code, &fields, answer);
     for name in IDENTITY {
-        if let Some(value) = headers.remove(&name) {
-            identity.push((name, value));
+        anonymous.headers.insert(name, headers::EMPTY);
+    }
+    drop_odd_identity_spellings(&mut anonymous.headers);
+    Outcome::Anonymous(Arc::new(anonymous))
+}
+
+/// `X-authentik-username`'s place in [`IDENTITY`].
+const USERNAME_SLOT: usize = 0;
+
+/// One end-to-end answer field: its name, its place in [`IDENTITY`] if it is one of the twelve,
+/// its raw value.
+struct Field<'a> {
+    name: HeaderName,
+    slot: Option<usize>,
+    value: &'a [u8],
+}
+
+/// The answer's fields without hop-by-hop ones, those `Connection` lists, and `Content-Length`.
+fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
+    let listed: Vec<HeaderName> = answer
+        .values("connection")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+        .collect();
+    answer
+        .headers()
+        .filter_map(|(raw, value)| {
+            // The twelve are matched without building a name (a static one is cloned).
+            let slot = IDENTITY
+                .iter()
+                .position(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()));
+            let name = match slot {
+                Some(i) => IDENTITY[i].clone(),
+                None => HeaderName::from_bytes(raw).ok()?,
+            };
+            let hop = headers::is_hop_by_hop(&name)
+                || name == http::header::CONTENT_LENGTH
+                || listed.contains(&name);
+            (!hop).then_some(Field { name, slot, value })
+        })
+        .collect()
+}
+
+fn relayed(status: StatusCode, fields: &[Field<'_>], answer: &Answer) -> Relayed {
+    let mut headers = HeaderMap::with_capacity(fields.len());
+    for f in fields {
+        if let Ok(value) = HeaderValue::from_bytes(f.value) {
+            headers.append(f.name.clone(), value);
         }
     }
-    let jwt_exp = headers_jwt_exp(&identity);
+    Relayed {
+        status,
+        headers,
+        body: answer.body.clone(),
+    }
+}
+
+/// Splits a 2xx answer into the cacheable identity and the per-answer extras. Only the first
+/// value of each of the twelve counts.
+fn allowed(fields: &[Field<'_>]) -> Allowed {
+    let mut fixed: [Option<&[u8]>; 12] = [None; 12];
+    let mut others = Vec::new();
     let mut extra = Vec::new();
-    let mut last: Option<HeaderName> = None;
-    for (name, value) in headers {
-        let name = match name {
-            Some(n) => {
-                last = Some(n.clone());
-                n
+    for f in fields {
+        if let Some(i) = f.slot {
+            fixed[i].get_or_insert(f.value);
+            continue;
+        }
+        match sort_extra(&f.name) {
+            ExtraKind::Identity => others.push((f.name.clone(), f.value)),
+            ExtraKind::ThisAnswer => {
+                if let Ok(value) = HeaderValue::from_bytes(f.value) {
+                    extra.push((f.name.clone(), value));
+                }
             }
-            None => match &last {
-                Some(n) => n.clone(),
-                None => continue,
-            },
-        };
-        match sort_extra(&name) {
-            ExtraKind::Identity => identity.push((name, value)),
-            ExtraKind::ThisAnswer => extra.push((name, value)),
             ExtraKind::Drop => {}
         }
     }
+    let jwt_slot = IDENTITY.iter().position(|n| *n == X_AUTHENTIK_JWT);
+    let jwt_exp = jwt_slot.and_then(|i| fixed[i]).and_then(jwt_exp);
     Allowed {
-        identity: Arc::new(Identity::from_pairs(identity, jwt_exp)),
+        identity: Arc::new(Identity::from_slots(&fixed, others, jwt_exp)),
         extra,
     }
-}
-
-fn headers_jwt_exp(pairs: &[(HeaderName, HeaderValue)]) -> Option<u64> {
-    pairs
-        .iter()
-        .find(|(n, _)| *n == X_AUTHENTIK_JWT)
-        .and_then(|(_, v)| jwt_exp(v.as_bytes()))
 }
 
 enum ExtraKind {
@@ -360,48 +400,45 @@ fn drop_odd_identity_spellings(headers: &mut HeaderMap) {
 mod tests {
     use super::*;
 
-    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
+    fn answer(status: u16, pairs: &[(&str, &str)]) -> Answer {
+        let mut raw = format!("HTTP/1.1 {status} X\r\n");
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            raw.push_str(&format!("{k}: {v}\r\n"));
         }
-        h
+        raw.push_str("Content-Length: 4\r\n\r\nbody");
+        Answer::parse_complete(raw.as_bytes(), 1024).unwrap()
     }
 
     #[test]
     fn bad_gateway_statuses_are_unavailable_but_500_is_an_answer() {
         for code in [502, 503, 504] {
-            let o = classify(
-                StatusCode::from_u16(code).unwrap(),
-                HeaderMap::new(),
-                Bytes::new(),
-            );
+            let o = classify(&answer(code, &[]));
             assert!(matches!(o, Outcome::Unavailable(Failure::Status(c)) if c == code));
         }
         for code in [302, 400, 401, 403, 404, 500] {
-            let o = classify(
-                StatusCode::from_u16(code).unwrap(),
-                HeaderMap::new(),
-                Bytes::new(),
-            );
-            assert!(matches!(o, Outcome::Deny(_)), "{code}");
+            let o = classify(&answer(code, &[("Location", "/x")]));
+            let Outcome::Deny(r) = o else {
+                panic!("{code} not a deny")
+            };
+            assert_eq!(r.status.as_u16(), code);
+            assert_eq!(r.headers["location"], "/x");
+            assert_eq!(&r.body[..], b"body");
+            assert!(!r.headers.contains_key("content-length"));
         }
     }
 
     #[test]
     fn allow_needs_a_username_and_fills_all_twelve() {
-        let o = classify(
-            StatusCode::OK,
-            map(&[
-                ("x-authentik-username", "alice"),
-                ("set-cookie", "a=b"),
-                ("x-custom", "1"),
-            ]),
-            Bytes::new(),
-        );
+        let o = classify(&answer(
+            200,
+            &[
+                ("X-Authentik-Username", "alice"),
+                ("x-authentik-username", "mallory"),
+                ("Set-Cookie", "a=b"),
+                ("X-Custom", "1"),
+                ("Date", "now"),
+            ],
+        ));
         let Outcome::Allow(a) = o else {
             panic!("not an allow")
         };
@@ -413,15 +450,61 @@ mod tests {
         for name in IDENTITY {
             assert!(names.iter().any(|n| n == name.as_str()), "{name}");
         }
-        assert!(names.iter().any(|n| n == "x-custom"));
-        assert!(!names.iter().any(|n| n == "set-cookie"));
-        assert_eq!(a.extra.len(), 1);
-        let anon = classify(
-            StatusCode::OK,
-            map(&[("x-authentik-username", "")]),
-            Bytes::new(),
+        assert_eq!(
+            a.identity.get(&IDENTITY[USERNAME_SLOT]).unwrap(),
+            "alice",
+            "the first value counts"
         );
-        assert!(matches!(anon, Outcome::Anonymous(_)));
+        assert!(names.iter().any(|n| n == "x-custom"));
+        assert!(!names.iter().any(|n| n == "set-cookie" || n == "date"));
+        assert_eq!(a.extra.len(), 1);
+        for blank in ["", "  "] {
+            let anon = classify(&answer(200, &[("X-Authentik-Username", blank)]));
+            assert!(matches!(anon, Outcome::Anonymous(_)), "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_listed_fields_never_count() {
+        // A username the outpost marked hop-by-hop is not an identity: anonymous, never allow.
+        let o = classify(&answer(
+            200,
+            &[
+                ("Connection", "keep-alive, X-Authentik-Username"),
+                ("X-Authentik-Username", "alice"),
+                ("Keep-Alive", "timeout=5"),
+            ],
+        ));
+        let Outcome::Anonymous(r) = o else {
+            panic!("not anonymous")
+        };
+        assert_eq!(r.headers["x-authentik-username"], "");
+        assert!(!r.headers.contains_key("connection"));
+        assert!(!r.headers.contains_key("keep-alive"));
+        let o = classify(&answer(
+            200,
+            &[
+                ("X-Authentik-Username", "alice"),
+                ("Connection", "X-Extra"),
+                ("X-Extra", "hop"),
+                ("Upgrade", "h2c"),
+                ("X_Authentik_Groups", "admins"),
+            ],
+        ));
+        let Outcome::Allow(a) = o else {
+            panic!("not an allow")
+        };
+        let names: Vec<String> = a
+            .identity
+            .headers()
+            .map(|(n, _)| n.as_str().to_owned())
+            .collect();
+        assert_eq!(names.len(), 12, "{names:?}");
+        assert_eq!(
+            a.identity.get(&IDENTITY[1]).unwrap(),
+            "",
+            "odd spelling dropped"
+        );
     }
 
     #[test]
@@ -433,5 +516,13 @@ mod tests {
         assert_eq!(jwt_exp(token.as_bytes()), Some(1_900_000_000));
         assert_eq!(jwt_exp(b"not-a-jwt"), None);
         assert_eq!(jwt_exp(b"a.!!!.c"), None);
+        let o = classify(&answer(
+            200,
+            &[("X-Authentik-Username", "a"), ("X-Authentik-Jwt", &token)],
+        ));
+        let Outcome::Allow(a) = o else {
+            panic!("not an allow")
+        };
+        assert_eq!(a.identity.jwt_exp(), Some(1_900_000_000));
     }
 }

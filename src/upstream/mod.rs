@@ -4,3 +4,4 @@ pub mod breaker;
 pub mod client;
 pub mod passthrough;
 pub mod pool;
+pub mod wire;

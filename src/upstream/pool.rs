@@ -1,30 +1,28 @@
 //! A lean HTTP/1.1 keepalive pool for the auth leg.
 //!
-//! Forward-auth exchanges are small, bodiless GETs whose answers are read whole: the connection
-//! is free again the moment the body is read. hyper-util's general pool cannot know that and
-//! spawns a task per request to return the connection once it is ready; here the exchange reads
-//! the body, waits for the connection to be ready inline, and puts it back (LIFO, so hot
-//! connections stay hot). A request that fails on a reused connection before any answer (the
-//! outpost closed it while idle) is replayed once on a fresh one: it is a GET without a body.
+//! Forward-auth exchanges are small, bodiless GETs whose answers are read whole, so the exchange
+//! needs no connection task, no channel and no `HeaderMap`: the caller's task writes the request
+//! head (built once, [`crate::auth::outpost::build_request`]) with one write, reads the answer
+//! with [`super::wire`], and puts the socket back (LIFO, so hot connections stay hot). A
+//! connection goes back only after a complete keep-alive answer with nothing behind it, and is
+//! taken out only if it stayed quiet while idle (no end of stream, no stray bytes). A request that
+//! fails on a reused connection before any byte of an answer (the outpost closed it while idle)
+//! is sent once more on a fresh one: it is a GET without a body.
 
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::header::{HeaderValue, HOST};
-use http::response::Parts;
+use bytes::BytesMut;
 use http::uri::Authority;
-use http::Request;
-use http_body_util::{BodyExt, Limited};
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
 use prometheus::IntCounter;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::body::Body;
+use super::wire::{self, Answer, WireError};
 
-/// Why an auth exchange failed before an answer.
+/// Why an auth exchange failed before a usable answer.
 #[derive(Debug, thiserror::Error)]
 pub enum PoolError {
     /// Nothing listens there.
@@ -35,18 +33,25 @@ pub enum PoolError {
     Connect(#[source] std::io::Error),
     /// The connection broke during the exchange.
     #[error("outpost exchange failed")]
-    Exchange(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The answer's body is larger than the auth leg allows.
-    #[error("outpost answer body too large")]
-    TooLarge,
+    Exchange(#[source] std::io::Error),
+    /// The answer broke HTTP/1.1 (framing, limits) or its body is larger than the auth leg allows.
+    #[error(transparent)]
+    Protocol(WireError),
+}
+
+/// One keepalive connection: the socket and whatever was read past the last answer (nothing,
+/// for a connection in the pool).
+#[derive(Debug)]
+struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
 }
 
 /// Idle connections to one outpost.
 #[derive(Debug)]
 pub struct AuthPool {
-    idle: Mutex<Vec<(SendRequest<Body>, Instant)>>,
+    idle: Mutex<Vec<(Conn, Instant)>>,
     authority: Authority,
-    host: HeaderValue,
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
@@ -62,12 +67,9 @@ impl AuthPool {
         connect_timeout: Duration,
         opened: IntCounter,
     ) -> AuthPool {
-        let host = HeaderValue::from_str(authority.as_str())
-            .unwrap_or(HeaderValue::from_static("outpost"));
         AuthPool {
             idle: Mutex::new(Vec::new()),
             authority,
-            host,
             max_idle,
             idle_timeout,
             connect_timeout,
@@ -75,87 +77,57 @@ impl AuthPool {
         }
     }
 
-    /// Sends `req` (origin-form URI, no body) and reads the whole answer, at most `limit` bytes.
-    /// Callers bound the whole call with their own timeout.
-    pub async fn exchange(
-        &self,
-        req: Request<Body>,
-        limit: usize,
-    ) -> Result<(Parts, Bytes), PoolError> {
-        let (mut parts, _) = req.into_parts();
-        // Origin-form on the wire (RFC 9112 section 3.2.1): the outpost is not a proxy.
-        if let Some(pq) = parts.uri.path_and_query().cloned() {
-            parts.uri = http::Uri::from(pq);
-        }
-        if !parts.headers.contains_key(HOST) {
-            parts.headers.insert(HOST, self.host.clone());
-        }
-        let replay = || {
-            let mut r = Request::new(Body::Empty);
-            *r.method_mut() = parts.method.clone();
-            *r.uri_mut() = parts.uri.clone();
-            *r.headers_mut() = parts.headers.clone();
-            r
-        };
-        let (mut sender, reused) = match self.checkout() {
-            Some(s) => (s, true),
-            None => (self.connect().await?, false),
-        };
-        let resp = match sender.send_request(replay()).await {
-            Ok(resp) => resp,
-            // The outpost closed an idle connection under us: replay once on a fresh one.
-            Err(err)
-                if reused
-                    && (err.is_canceled() || err.is_closed() || err.is_incomplete_message()) =>
-            {
-                sender = self.connect().await?;
-                sender
-                    .send_request(replay())
-                    .await
-                    .map_err(|e| PoolError::Exchange(e.into()))?
+    /// Sends `head` (a complete request head: a GET has no body) and reads the whole answer, its
+    /// body at most `limit` bytes. Callers bound the whole call with their own timeout; a dropped
+    /// call drops its connection, so a half-read answer never returns to the pool.
+    pub async fn exchange(&self, head: &[u8], limit: usize) -> Result<Answer, PoolError> {
+        if let Some(mut conn) = self.checkout() {
+            match conn.exchange(head, limit).await {
+                Ok((answer, reusable)) => {
+                    self.checkin(conn, reusable);
+                    return Ok(answer);
+                }
+                // The outpost closed an idle connection under us before answering: send again
+                // on a fresh one (a bodiless GET is safe to repeat).
+                Err(Failed::BeforeAnswer(_)) => {}
+                Err(Failed::During(err)) => return Err(err),
             }
-            Err(err) => return Err(PoolError::Exchange(err.into())),
-        };
-        let (head, body) = resp.into_parts();
-        let body = match Limited::new(body, limit).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            // Dropping `sender` here closes the half-read connection (security rule 5).
-            Err(err)
-                if err
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some() =>
-            {
-                return Err(PoolError::TooLarge)
-            }
-            Err(err) => return Err(PoolError::Exchange(err)),
-        };
-        // The message is complete; once the connection task has seen it the sender is ready.
-        if sender.ready().await.is_ok() {
-            self.checkin(sender);
         }
-        Ok((head, body))
+        let mut conn = self.connect().await?;
+        match conn.exchange(head, limit).await {
+            Ok((answer, reusable)) => {
+                self.checkin(conn, reusable);
+                Ok(answer)
+            }
+            Err(Failed::BeforeAnswer(err)) => Err(PoolError::Exchange(err)),
+            Err(Failed::During(err)) => Err(err),
+        }
     }
 
-    fn checkout(&self) -> Option<SendRequest<Body>> {
+    /// The most recently used idle connection that is still quiet and young enough.
+    fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
-        while let Some((sender, since)) = idle.pop() {
-            if sender.is_ready() && now.saturating_duration_since(since) < self.idle_timeout {
-                return Some(sender);
+        while let Some((conn, since)) = idle.pop() {
+            if now.saturating_duration_since(since) < self.idle_timeout && conn.is_quiet() {
+                return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, sender: SendRequest<Body>) {
+    fn checkin(&self, conn: Conn, reusable: bool) {
+        if !reusable {
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             if idle.len() < self.max_idle {
-                idle.push((sender, Instant::now()));
+                idle.push((conn, Instant::now()));
             }
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, PoolError> {
+    async fn connect(&self) -> Result<Conn, PoolError> {
         let addr = self.authority.as_str();
         let addr = if self.authority.port().is_some() {
             addr.to_owned()
@@ -172,15 +144,58 @@ impl AuthPool {
                 Err(_) => return Err(PoolError::Connect(std::io::ErrorKind::TimedOut.into())),
             };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| PoolError::Exchange(e.into()))?;
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "outpost connection ended with an error");
-            }
-        });
         self.opened.inc();
-        Ok(sender)
+        Ok(Conn {
+            io: stream,
+            buf: BytesMut::new(),
+        })
     }
+}
+
+/// How one exchange on one connection failed.
+enum Failed {
+    /// Nothing of an answer arrived: the request may be sent again elsewhere.
+    BeforeAnswer(std::io::Error),
+    /// Part of an answer arrived, or it broke the protocol.
+    During(PoolError),
+}
+
+impl Conn {
+    async fn exchange(&mut self, head: &[u8], limit: usize) -> Result<(Answer, bool), Failed> {
+        self.io
+            .write_all(head)
+            .await
+            .map_err(Failed::BeforeAnswer)?;
+        match wire::read_answer(&mut self.io, &mut self.buf, limit).await {
+            Ok(done) => Ok(done),
+            Err(WireError::Closed) => Err(Failed::BeforeAnswer(
+                std::io::ErrorKind::UnexpectedEof.into(),
+            )),
+            Err(WireError::Io(err)) if self.buf.is_empty() && is_reset(&err) => {
+                Err(Failed::BeforeAnswer(err))
+            }
+            Err(WireError::Io(err)) => Err(Failed::During(PoolError::Exchange(err))),
+            Err(err) => Err(Failed::During(PoolError::Protocol(err))),
+        }
+    }
+
+    /// Whether an idle connection has seen nothing since its last answer: no end of stream, no
+    /// unsolicited bytes (either makes it unusable). Costs a syscall only when the socket
+    /// reported readable, which the last short read normally cleared.
+    fn is_quiet(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => {
+                let mut probe = [0u8; 1];
+                matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+        }
+    }
+}
+
+fn is_reset(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(err.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }

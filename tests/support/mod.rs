@@ -468,3 +468,12 @@ pub async fn start_binary(tag: &str, extra: &[(&str, &str)]) -> (FakeOutpost, Co
     let bin = Binary::start(&file).await;
     (outpost, file, bin)
 }
+
+/// `Basic base64(user:password)`.
+pub fn basic(user: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
