@@ -8,7 +8,6 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
-use std::num::NonZeroUsize;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -192,8 +191,10 @@ impl Credentials {
 
 #[derive(Debug)]
 struct Entry {
-    /// The key bytes followed by the packed identity ([`Identity::pack`]): one allocation.
-    data: bytes::Bytes,
+    /// The key bytes followed by the packed identity ([`Identity::pack`]): one allocation of
+    /// exactly its bytes (a `Bytes` here would cost 16 more bytes per entry, and 32 more once a
+    /// hit shared it).
+    data: Box<[u8]>,
     key_len: u32,
     /// Expiry in milliseconds since the cache's epoch.
     expires: u64,
@@ -204,8 +205,8 @@ impl Entry {
         &self.data[..self.key_len as usize]
     }
 
-    fn identity(&self) -> Option<Identity> {
-        Identity::unpack(&self.data, self.key_len as usize)
+    fn fixed(&self, slot: usize) -> Option<&[u8]> {
+        Identity::packed_fixed(&self.data, self.key_len as usize, slot)
     }
 }
 
@@ -213,21 +214,24 @@ impl Entry {
 #[derive(Debug)]
 pub struct Cache {
     shards: Box<[Mutex<LruCache<u64, Entry>>]>,
+    /// Entries each shard keeps before it evicts its least recently used.
+    per_shard: usize,
     ttl: Duration,
     /// Expiries are kept as milliseconds since this instant (8 bytes instead of 16 per entry).
     epoch: Instant,
 }
 
 impl Cache {
-    /// A cache of `capacity` entries whose entries live at most `ttl` (zero: disabled).
+    /// A cache of `capacity` entries whose entries live at most `ttl` (zero: disabled). The
+    /// shards' tables grow with their entries instead of being sized for `capacity` up front, so
+    /// a generous capacity costs nothing until it is used.
     pub fn new(capacity: usize, ttl: Duration) -> Cache {
-        let per_shard =
-            NonZeroUsize::new(capacity.div_ceil(SHARDS).max(1)).unwrap_or(NonZeroUsize::MIN);
         let shards = (0..SHARDS)
-            .map(|_| Mutex::new(LruCache::new(per_shard)))
+            .map(|_| Mutex::new(LruCache::unbounded()))
             .collect();
         Cache {
             shards,
+            per_shard: capacity.div_ceil(SHARDS).max(1),
             ttl,
             epoch: Instant::now(),
         }
@@ -264,10 +268,10 @@ impl Cache {
             shard.pop(&key.hash);
             return (Lookup::Expired, None);
         }
-        // Unpack outside the lock: a refcount under it, the parsing after.
-        let (data, key_len) = (entry.data.clone(), entry.key_len as usize);
+        // Copy the identity out under the lock (a few hundred bytes), unpack after.
+        let packed = bytes::Bytes::copy_from_slice(&entry.data[entry.key_len as usize..]);
         drop(shard);
-        match Identity::unpack(&data, key_len) {
+        match Identity::unpack(&packed, 0) {
             Some(identity) => (Lookup::Hit, Some(identity)),
             None => (Lookup::Miss, None),
         }
@@ -289,6 +293,9 @@ impl Cache {
         };
         if let Ok(mut shard) = self.shard(key.hash).lock() {
             shard.put(key.hash, entry);
+            while shard.len() > self.per_shard {
+                shard.pop_lru();
+            }
             return true;
         }
         false
@@ -316,12 +323,12 @@ impl Cache {
         let mut removed = self.remove_where(|e| {
             let hit = shares_credential(e.key(), cred);
             if hit {
-                uids.extend(uid_of(e));
+                uids.extend(uid_of(e).map(<[u8]>::to_vec));
             }
             hit
         });
         if !uids.is_empty() {
-            removed += self.remove_where(|e| uid_of(e).is_some_and(|u| uids.contains(&u)));
+            removed += self.remove_where(|e| uid_of(e).is_some_and(|u| uids.contains(u)));
         }
         removed
     }
@@ -381,11 +388,11 @@ impl Cache {
 }
 
 /// The entry's `X-authentik-uid` (a slice of its buffer: no copy), if non-empty.
-fn uid_of(entry: &Entry) -> Option<HeaderValue> {
-    entry
-        .identity()
-        .and_then(|i| i.get(&super::headers::X_AUTHENTIK_UID))
-        .filter(|v| !v.is_empty())
+fn uid_of(entry: &Entry) -> Option<&[u8]> {
+    let slot = super::headers::IDENTITY
+        .iter()
+        .position(|n| *n == super::headers::X_AUTHENTIK_UID)?;
+    entry.fixed(slot).filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

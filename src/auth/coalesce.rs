@@ -2,14 +2,14 @@
 //!
 //! A page load fires dozens of asset requests with the same cookie at once; the first becomes the
 //! leader and asks the outpost, the others wait for its outcome. If the leader goes away without
-//! an answer (its client hung up), the waiters see the channel close and ask for themselves, so a
+//! an answer (its client hung up), the waiters are released with nothing and ask for themselves, so a
 //! cancelled request never strands the others.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use http::HeaderValue;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use super::cache::CacheKey;
 use super::outpost::Outcome;
@@ -40,12 +40,25 @@ impl Shared {
     }
 }
 
-type Slot = watch::Receiver<Option<Shared>>;
+/// One in-flight call: set once (the leader's outcome, or `None` if it went away without one),
+/// then every waiter is woken.
+#[derive(Debug, Default)]
+pub struct Slot {
+    done: OnceLock<Option<Shared>>,
+    woken: Notify,
+}
+
+impl Slot {
+    fn finish(&self, shared: Option<Shared>) {
+        let _ = self.done.set(shared);
+        self.woken.notify_waiters();
+    }
+}
 
 /// In-flight outpost calls by full cache key.
 #[derive(Debug, Default)]
 pub struct Inflight {
-    calls: Mutex<HashMap<CacheKey, Slot>>,
+    calls: Mutex<HashMap<CacheKey, Arc<Slot>>>,
 }
 
 /// The role a request takes for its key.
@@ -54,43 +67,43 @@ pub enum Role<'a> {
     /// Ask the outpost, then [`Leader::publish`].
     Leader(Leader<'a>),
     /// Wait on the leader's answer.
-    Waiter(Slot),
+    Waiter(Arc<Slot>),
 }
 
-/// The one request that asks the outpost for a key; removes its slot when dropped.
+/// The one request that asks the outpost for a key; removes its slot when dropped, and releases
+/// the waiters (with nothing) if it never published.
 #[derive(Debug)]
 pub struct Leader<'a> {
     inflight: &'a Inflight,
-    key: CacheKey,
-    tx: watch::Sender<Option<Shared>>,
+    key: &'a CacheKey,
+    slot: Arc<Slot>,
 }
 
 impl Inflight {
-    /// Joins the call for `key`, or starts it.
-    pub fn join(&self, key: &CacheKey) -> Role<'_> {
+    /// Joins the call in flight for `key`, or starts one.
+    pub fn join<'a>(&'a self, key: &'a CacheKey) -> Role<'a> {
+        let slot = Arc::new(Slot::default());
         let Ok(mut calls) = self.calls.lock() else {
-            let (tx, _rx) = watch::channel(None);
             return Role::Leader(Leader {
                 inflight: self,
-                key: key.clone(),
-                tx,
+                key,
+                slot,
             });
         };
-        if let Some(rx) = calls.get(key) {
-            if rx.has_changed().is_ok() {
-                return Role::Waiter(rx.clone());
+        if let Some(running) = calls.get(key) {
+            if running.done.get().is_none() {
+                return Role::Waiter(running.clone());
             }
         }
-        let (tx, rx) = watch::channel(None);
-        calls.insert(key.clone(), rx);
+        calls.insert(key.clone(), slot.clone());
         Role::Leader(Leader {
             inflight: self,
-            key: key.clone(),
-            tx,
+            key,
+            slot,
         })
     }
 
-    /// Calls in flight (tests).
+    /// Number of calls in flight.
     pub fn len(&self) -> usize {
         self.calls.lock().map_or(0, |c| c.len())
     }
@@ -104,8 +117,7 @@ impl Inflight {
 impl Leader<'_> {
     /// Hands the outcome to every waiter.
     pub fn publish(self, shared: Shared) {
-        // send_replace never fails, even with no receiver left.
-        self.tx.send_replace(Some(shared));
+        self.slot.finish(Some(shared));
     }
 }
 
@@ -113,27 +125,32 @@ impl Drop for Leader<'_> {
     fn drop(&mut self) {
         if let Ok(mut calls) = self.inflight.calls.lock() {
             if calls
-                .get(&self.key)
-                .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+                .get(self.key)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.slot))
             {
-                calls.remove(&self.key);
+                calls.remove(self.key);
             }
         }
+        // A no-op after publish; otherwise the waiters learn the leader is gone.
+        self.slot.finish(None);
     }
 }
 
-/// Waits for the leader's outcome; `None` if the leader vanished without one.
-pub async fn wait(mut slot: Slot) -> Option<Shared> {
-    match slot.wait_for(Option::is_some).await {
-        Ok(v) => v.clone(),
-        Err(_) => None,
+/// Waits for the leader's outcome; `None` if it went away without one.
+pub async fn wait(slot: Arc<Slot>) -> Option<Shared> {
+    let woken = slot.woken.notified();
+    let mut woken = std::pin::pin!(woken);
+    // Registered before looking, so a finish between the look and the await still wakes us.
+    woken.as_mut().enable();
+    if let Some(done) = slot.done.get() {
+        return done.clone();
     }
+    woken.await;
+    slot.done.get().cloned().flatten()
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use bytes::Bytes;
     use http::{HeaderMap, StatusCode};
 
@@ -171,25 +188,52 @@ mod tests {
         assert!(down.answers(Endpoint::Nginx, &b).is_some());
     }
 
+    fn key() -> CacheKey {
+        let p = http::Request::builder()
+            .header("cookie", "authentik_proxy_a=1")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let c = crate::auth::request::Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        CacheKey::new(
+            1,
+            &HeaderValue::from_static("h"),
+            &c,
+            &std::collections::hash_map::RandomState::new(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn waiters_before_and_after_the_publish_get_the_outcome() {
+        let inflight = Inflight::default();
+        let key = key();
+        let Role::Leader(leader) = inflight.join(&key) else {
+            panic!("first is leader")
+        };
+        let Role::Waiter(early) = inflight.join(&key) else {
+            panic!("second waits")
+        };
+        let waiting = tokio::spawn(wait(early.clone()));
+        tokio::task::yield_now().await;
+        leader.publish(shared(Outcome::Unavailable(Failure::Timeout)));
+        let got = tokio::time::timeout(std::time::Duration::from_secs(1), waiting)
+            .await
+            .expect("woken")
+            .unwrap();
+        assert!(matches!(
+            got.unwrap().outcome,
+            Outcome::Unavailable(Failure::Timeout)
+        ));
+        assert!(wait(early).await.is_some(), "a late look sees it too");
+        assert!(inflight.is_empty());
+    }
+
     #[tokio::test]
     async fn a_vanished_leader_releases_its_waiters() {
         let inflight = Inflight::default();
-        let key = {
-            let p = http::Request::builder()
-                .header("cookie", "authentik_proxy_a=1")
-                .body(())
-                .unwrap()
-                .into_parts()
-                .0;
-            let c = crate::auth::request::Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
-            CacheKey::new(
-                1,
-                &HeaderValue::from_static("h"),
-                &c,
-                &std::collections::hash_map::RandomState::new(),
-            )
-            .unwrap()
-        };
+        let key = key();
         let Role::Leader(leader) = inflight.join(&key) else {
             panic!("first is leader")
         };

@@ -141,11 +141,11 @@ impl Identity {
 
 impl Identity {
     /// Packs `prefix` (a cache key) and this identity into one buffer, so a cache entry is one
-    /// allocation: `prefix | 12 x u32 ends | u16 extra count | (u16 name len, name, u32 end)* |
-    /// values`. The JWT expiry is not kept (it only sets the entry's TTL).
-    pub fn pack(&self, prefix: &[u8]) -> Bytes {
+    /// allocation of exactly its bytes: `prefix | 12 x u32 ends | u16 extra count | (u16 name
+    /// len, name, u32 end)* | values`. The JWT expiry is not kept (it only sets the entry's TTL).
+    pub fn pack(&self, prefix: &[u8]) -> Box<[u8]> {
         let names: usize = self.extra.iter().map(|(n, _)| n.as_str().len() + 6).sum();
-        let mut buf = BytesMut::with_capacity(prefix.len() + 50 + names + self.values.len());
+        let mut buf = Vec::with_capacity(prefix.len() + 50 + names + self.values.len());
         buf.extend_from_slice(prefix);
         for end in self.ends {
             buf.extend_from_slice(&end.to_le_bytes());
@@ -160,7 +160,23 @@ impl Identity {
             buf.extend_from_slice(&end.to_le_bytes());
         }
         buf.extend_from_slice(&self.values);
-        buf.freeze()
+        buf.into_boxed_slice()
+    }
+
+    /// One of the twelve fixed values (by its place in [`IDENTITY`]) straight from a packed
+    /// buffer, without unpacking the rest. `None` if the layout does not hold.
+    pub fn packed_fixed(packed: &[u8], prefix_len: usize, slot: usize) -> Option<&[u8]> {
+        let mut r = Reader(packed.get(prefix_len..)?);
+        let mut ends = [0u32; 12];
+        for end in &mut ends {
+            *end = r.u32()?;
+        }
+        for _ in 0..r.u16()? {
+            let len = usize::from(r.u16()?);
+            r.take(len + 4)?;
+        }
+        let start = slot.checked_sub(1).map_or(0, |i| ends[i]) as usize;
+        r.0.get(start..*ends.get(slot)? as usize)
     }
 
     /// Reads back what [`Identity::pack`] wrote after a prefix of `prefix_len` bytes. The
@@ -270,7 +286,7 @@ mod tests {
             ],
             Some(9),
         );
-        let packed = id.pack(b"key-bytes");
+        let packed = Bytes::from(id.pack(b"key-bytes"));
         assert!(packed.starts_with(b"key-bytes"));
         let back = Identity::unpack(&packed, 9).expect("layout holds");
         assert_eq!(
@@ -280,6 +296,15 @@ mod tests {
         assert_eq!(back.jwt_exp(), None);
         assert!(Identity::unpack(&packed.slice(..packed.len() - 1), 9).is_none());
         assert!(Identity::unpack(&packed, 8).is_none());
+        for (slot, name) in IDENTITY.iter().enumerate() {
+            assert_eq!(
+                Identity::packed_fixed(&packed, 9, slot),
+                Some(id.get(name).unwrap().as_bytes()),
+                "{name}"
+            );
+        }
+        assert_eq!(Identity::packed_fixed(&packed, 9, 12), None);
+        assert_eq!(Identity::packed_fixed(&packed[..20], 9, 0), None);
     }
 
     #[test]

@@ -224,7 +224,7 @@ async fn waited(
     rt: &Runtime,
     endpoint: Endpoint,
     caller: &Caller<'_>,
-    slot: tokio::sync::watch::Receiver<Option<Shared>>,
+    slot: Arc<coalesce::Slot>,
     forwarded: &HeaderValue,
 ) -> Outcome {
     // The leader's exchange is bounded by the same timeout; the grace keeps a waiter that

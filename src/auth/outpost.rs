@@ -271,23 +271,22 @@ fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
         .flat_map(|v| v.split(|&b| b == b','))
         .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
         .collect();
-    answer
-        .headers()
-        .filter_map(|(raw, value)| {
-            // The twelve are matched without building a name (a static one is cloned).
-            let slot = IDENTITY
-                .iter()
-                .position(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()));
-            let name = match slot {
-                Some(i) => IDENTITY[i].clone(),
-                None => HeaderName::from_bytes(raw).ok()?,
-            };
-            let hop = headers::is_hop_by_hop(&name)
-                || name == http::header::CONTENT_LENGTH
-                || listed.contains(&name);
-            (!hop).then_some(Field { name, slot, value })
-        })
-        .collect()
+    let mut fields = Vec::with_capacity(answer.len());
+    fields.extend(answer.headers().filter_map(|(raw, value)| {
+        // The twelve are matched without building a name (a static one is cloned).
+        let slot = IDENTITY
+            .iter()
+            .position(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()));
+        let name = match slot {
+            Some(i) => IDENTITY[i].clone(),
+            None => HeaderName::from_bytes(raw).ok()?,
+        };
+        let hop = headers::is_hop_by_hop(&name)
+            || name == http::header::CONTENT_LENGTH
+            || listed.contains(&name);
+        (!hop).then_some(Field { name, slot, value })
+    }));
+    fields
 }
 
 fn relayed(status: StatusCode, fields: &[Field<'_>], answer: &Answer) -> Relayed {

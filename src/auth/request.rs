@@ -147,15 +147,13 @@ impl<'a> Caller<'a> {
         if !self.trusted {
             return Some(self.peer);
         }
-        let lines: Vec<&str> = self
-            .parts
-            .headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .map(|v| v.to_str().unwrap_or("?"))
-            .collect();
+        let lines = self.parts.headers.get_all(&X_FORWARDED_FOR);
         let mut last = self.peer;
-        for hop in lines.iter().rev().flat_map(|l| l.rsplit(',')) {
+        let hops = lines
+            .iter()
+            .rev()
+            .flat_map(|l| l.to_str().unwrap_or("?").rsplit(','));
+        for hop in hops {
             let hop = hop.trim();
             if hop.is_empty() {
                 continue;
