@@ -66,11 +66,6 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     let rt = app.runtime();
     let trusted = &rt.config.server.trusted_proxies;
     let caller = Caller::new(parts, peer.ip, trusted, peer.tls);
-    // An unknown client (garbage in a trusted chain) is limited as the peer that sent it.
-    let client = peer
-        .client
-        .or_else(|| caller.client_ip(trusted))
-        .unwrap_or(peer.ip);
     let forwarded = forwarded_url(endpoint, &caller);
     if has_dot_segments(forwarded.as_bytes()) {
         return Answer {
@@ -104,7 +99,7 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
         }
     }
     if rt.breaker.is_open() {
-        return fallback(app, &rt, &caller, client, Failure::CircuitOpen, None).await;
+        return fallback(app, &rt, &caller, peer, Failure::CircuitOpen, None).await;
     }
     let started = StdInstant::now();
     let outcome = match key.as_ref().map(|k| app.inflight.join(k)) {
@@ -132,7 +127,7 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
             decision: Decision::Deny,
             outpost_seconds: seconds,
         },
-        Outcome::Unavailable(f) => fallback(app, &rt, &caller, client, f, seconds).await,
+        Outcome::Unavailable(f) => fallback(app, &rt, &caller, peer, f, seconds).await,
     }
 }
 
@@ -252,7 +247,7 @@ async fn fallback(
     app: &App,
     rt: &Runtime,
     caller: &Caller<'_>,
-    client: IpAddr,
+    peer: Peer,
     failure: Failure,
     outpost_seconds: Option<f64>,
 ) -> Answer {
@@ -271,6 +266,13 @@ async fn fallback(
             };
         }
     };
+    // Resolved only here, where the limiter needs it. An unknown client (garbage in a trusted
+    // chain) is limited as the peer that sent it.
+    let trusted = &rt.config.server.trusted_proxies;
+    let client = peer
+        .client
+        .or_else(|| caller.client_ip(trusted))
+        .unwrap_or(peer.ip);
     let (response, decision, attempt) = match realm.check(caller.authorization(), client).await {
         Verdict::Allow { user } => match fallback_allow(&user) {
             Some(resp) => (resp, Decision::FallbackAllow, Attempt::Ok),

@@ -274,9 +274,7 @@ fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
     let mut fields = Vec::with_capacity(answer.len());
     fields.extend(answer.headers().filter_map(|(raw, value)| {
         // The twelve are matched without building a name (a static one is cloned).
-        let slot = IDENTITY
-            .iter()
-            .position(|n| raw.eq_ignore_ascii_case(n.as_str().as_bytes()));
+        let slot = identity_slot(raw);
         let name = match slot {
             Some(i) => IDENTITY[i].clone(),
             None => HeaderName::from_bytes(raw).ok()?,
@@ -287,6 +285,17 @@ fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
         (!hop).then_some(Field { name, slot, value })
     }));
     fields
+}
+
+/// The place in [`IDENTITY`] of a raw field name, in any case.
+fn identity_slot(raw: &[u8]) -> Option<usize> {
+    const PREFIX: &[u8] = b"x-authentik-";
+    let rest = raw
+        .get(PREFIX.len()..)
+        .filter(|_| raw[..PREFIX.len()].eq_ignore_ascii_case(PREFIX))?;
+    IDENTITY
+        .iter()
+        .position(|n| rest.eq_ignore_ascii_case(&n.as_str().as_bytes()[PREFIX.len()..]))
 }
 
 fn relayed(status: StatusCode, fields: &[Field<'_>], answer: &Answer) -> Relayed {
