@@ -22,6 +22,8 @@ enum Step {
     Write(&'static [u8]),
     /// Write these bytes and close.
     WriteClose(&'static [u8]),
+    /// Close without a byte of an answer.
+    Close,
 }
 
 /// An outpost that plays `script` in order, one step per request, across connections.
@@ -58,7 +60,7 @@ async fn scripted(script: Vec<Step>) -> Scripted {
                                 let _ = sock.write_all(bytes).await;
                                 return;
                             }
-                            None => return,
+                            Some(Step::Close) | None => return,
                         }
                     }
                     match sock.read(&mut chunk).await {
@@ -225,6 +227,31 @@ async fn a_connection_the_outpost_closed_while_idle_is_replaced() {
         4,
         "no request was lost"
     );
+    assert_eq!(outpost.connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_before_any_answer_is_retried_once_on_a_fresh_one() {
+    let outpost = scripted(vec![
+        Step::Write(allow!("Content-Length: 0\r\n\r\n")),
+        // The outpost takes the request on the pooled connection and closes it unanswered (its
+        // idle timeout racing our reuse): the bodiless GET is sent again on a new connection.
+        Step::Close,
+        Step::Write(allow!("Content-Length: 0\r\n\r\n")),
+        // Once more on the pooled connection, but the fresh one fails too: one retry only, and
+        // then it is an outage the realm answers.
+        Step::Close,
+        Step::Close,
+    ])
+    .await;
+    let h = proxy_for(&outpost).await;
+    assert_akadmin(&check(&h).await);
+    assert_akadmin(&check(&h).await);
+    assert_eq!(outpost.requests.load(Ordering::SeqCst), 3);
+    assert_eq!(outpost.connections.load(Ordering::SeqCst), 2);
+    let r = check(&h).await;
+    assert_eq!(r.header("x-auth-fallback"), Some("true"), "{r:?}");
+    assert_eq!(outpost.requests.load(Ordering::SeqCst), 5);
     assert_eq!(outpost.connections.load(Ordering::SeqCst), 3);
 }
 

@@ -9,6 +9,7 @@
 //! fails on a reused connection before any byte of an answer (the outpost closed it while idle)
 //! is sent once more on a fresh one: it is a GET without a body.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -50,7 +51,8 @@ struct Conn {
 /// Idle connections to one outpost.
 #[derive(Debug)]
 pub struct AuthPool {
-    idle: Mutex<Vec<(Conn, Instant)>>,
+    /// Most recently used at the back; the front is the oldest.
+    idle: Mutex<VecDeque<(Conn, Instant)>>,
     authority: Authority,
     max_idle: usize,
     idle_timeout: Duration,
@@ -68,7 +70,7 @@ impl AuthPool {
         opened: IntCounter,
     ) -> AuthPool {
         AuthPool {
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             authority,
             max_idle,
             idle_timeout,
@@ -108,7 +110,7 @@ impl AuthPool {
     fn checkout(&self) -> Option<Conn> {
         let now = Instant::now();
         let mut idle = self.idle.lock().ok()?;
-        while let Some((conn, since)) = idle.pop() {
+        while let Some((conn, since)) = idle.pop_back() {
             if now.saturating_duration_since(since) < self.idle_timeout && conn.is_quiet() {
                 return Some(conn);
             }
@@ -120,9 +122,17 @@ impl AuthPool {
         if !reusable {
             return;
         }
+        let now = Instant::now();
         if let Ok(mut idle) = self.idle.lock() {
+            // LIFO leaves the oldest at the front: close those past the idle timeout here, so
+            // a quiet spell does not keep dead sockets open until the pool drains.
+            while idle.front().is_some_and(|(_, since)| {
+                now.saturating_duration_since(*since) >= self.idle_timeout
+            }) {
+                idle.pop_front();
+            }
             if idle.len() < self.max_idle {
-                idle.push((conn, Instant::now()));
+                idle.push_back((conn, now));
             }
         }
     }
@@ -198,4 +208,43 @@ impl Conn {
 fn is_reset(err: &std::io::Error) -> bool {
     use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
     matches!(err.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn conn(listener: &tokio::net::TcpListener) -> Conn {
+        let io = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        Conn {
+            io,
+            buf: BytesMut::new(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn checkin_closes_connections_idle_past_the_timeout_and_keeps_the_newest() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pool = AuthPool::new(
+            Authority::from_static("127.0.0.1:1"),
+            8,
+            Duration::from_secs(90),
+            Duration::from_secs(1),
+            IntCounter::new("opened", "test").unwrap(),
+        );
+        pool.checkin(conn(&listener).await, true);
+        pool.checkin(conn(&listener).await, false);
+        assert_eq!(pool.idle.lock().unwrap().len(), 1, "not reusable: closed");
+        tokio::time::advance(Duration::from_secs(91)).await;
+        pool.checkin(conn(&listener).await, true);
+        assert_eq!(
+            pool.idle.lock().unwrap().len(),
+            1,
+            "the stale one was closed on checkin"
+        );
+        assert!(pool.checkout().is_some(), "the fresh one is handed out");
+        assert!(pool.checkout().is_none());
+    }
 }
