@@ -175,8 +175,9 @@ impl Identity {
             let len = usize::from(r.u16()?);
             r.take(len + 4)?;
         }
+        let end = *ends.get(slot)? as usize;
         let start = slot.checked_sub(1).map_or(0, |i| ends[i]) as usize;
-        r.0.get(start..*ends.get(slot)? as usize)
+        r.0.get(start..end)
     }
 
     /// Reads back what [`Identity::pack`] wrote after a prefix of `prefix_len` bytes. The
@@ -304,6 +305,7 @@ mod tests {
             );
         }
         assert_eq!(Identity::packed_fixed(&packed, 9, 12), None);
+        assert_eq!(Identity::packed_fixed(&packed, 9, 13), None);
         assert_eq!(Identity::packed_fixed(&packed[..20], 9, 0), None);
     }
 

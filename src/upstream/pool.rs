@@ -181,9 +181,6 @@ impl Conn {
             Err(WireError::Closed) => Err(Failed::BeforeAnswer(
                 std::io::ErrorKind::UnexpectedEof.into(),
             )),
-            Err(WireError::Io(err)) if self.buf.is_empty() && is_reset(&err) => {
-                Err(Failed::BeforeAnswer(err))
-            }
             Err(WireError::Io(err)) => Err(Failed::During(PoolError::Exchange(err))),
             Err(err) => Err(Failed::During(PoolError::Protocol(err))),
         }
@@ -205,11 +202,6 @@ impl Conn {
     }
 }
 
-fn is_reset(err: &std::io::Error) -> bool {
-    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
-    matches!(err.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +214,57 @@ mod tests {
             io,
             buf: BytesMut::new(),
         }
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_part_of_an_answer_is_an_error_never_a_retry() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let requests = std::sync::Arc::new(AtomicU64::new(0));
+        let counted = requests.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let counted = counted.clone();
+                tokio::spawn(async move {
+                    let mut chunk = [0u8; 4096];
+                    while let Ok(n) = sock.read(&mut chunk).await {
+                        if n == 0 {
+                            return;
+                        }
+                        if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+                            sock.write_all(ok).await.unwrap();
+                            continue;
+                        }
+                        // The head, then a reset in the middle of the body.
+                        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n";
+                        sock.write_all(head).await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        sock.set_zero_linger().unwrap();
+                        drop(sock);
+                        return;
+                    }
+                });
+            }
+        });
+        let pool = AuthPool::new(
+            Authority::try_from(addr.to_string()).unwrap(),
+            8,
+            Duration::from_secs(90),
+            Duration::from_secs(1),
+            IntCounter::new("opened", "test").unwrap(),
+        );
+        let get = b"GET / HTTP/1.1\r\nhost: x\r\n\r\n";
+        assert!(pool.exchange(get, 1024).await.is_ok());
+        let second = pool.exchange(get, 1024).await;
+        assert!(matches!(second, Err(PoolError::Exchange(_))), "{second:?}");
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "part of an answer arrived: the request is not sent again"
+        );
     }
 
     #[tokio::test(start_paused = true)]

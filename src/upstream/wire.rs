@@ -27,7 +27,7 @@ const MAX_TRAILERS: usize = 8 * 1024;
 /// Why an answer could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    /// The connection ended before the first byte of an answer.
+    /// The connection ended (closed or reset) before the first byte of an answer.
     #[error("outpost closed the connection before answering")]
     Closed,
     /// The connection failed or ended mid-answer.
@@ -134,21 +134,33 @@ pub async fn read_answer<R: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     limit: usize,
 ) -> Result<(Answer, bool), WireError> {
+    // Parsed only once the bytes hold a blank line, so an answer trickling in a byte at a time
+    // costs one scan, not one parse per read.
+    let mut scanned: usize = 0;
     let head = loop {
-        if let Some(head) = parse_head(buf)? {
-            break head;
+        if ends_head(&buf[scanned.saturating_sub(3)..]) {
+            if let Some(head) = parse_head(buf)? {
+                break head;
+            }
         }
         if buf.len() >= MAX_HEAD {
             return Err(WireError::Malformed("head too large"));
         }
-        if fill(io, buf).await? == 0 {
-            return Err(if buf.is_empty() {
-                WireError::Closed
-            } else {
-                WireError::Io(std::io::ErrorKind::UnexpectedEof.into())
-            });
+        scanned = buf.len();
+        match fill(io, buf).await {
+            Ok(0) if buf.is_empty() => return Err(WireError::Closed),
+            Ok(0) => return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            // A reset before the first byte is the same as a close before it.
+            Err(WireError::Io(err)) if buf.is_empty() && is_reset(&err) => {
+                return Err(WireError::Closed)
+            }
+            Err(err) => return Err(err),
         }
     };
+    if head.len > MAX_HEAD {
+        return Err(WireError::Malformed("head too large"));
+    }
     let head_bytes = buf.split_to(head.len).freeze();
     let body = match head.framing {
         Framing::None => Bytes::new(),
@@ -264,6 +276,17 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
     }))
 }
 
+/// Whether `bytes` hold the blank line that ends a head (CRLF or bare LF line ends).
+fn ends_head(bytes: &[u8]) -> bool {
+    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// A peer reset or abort: no answer is coming on this connection.
+fn is_reset(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(err.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
+}
+
 /// `1*DIGIT`, nothing else (no sign, no spaces inside), at most 15 digits.
 fn parse_length(v: &[u8]) -> Option<u64> {
     let v = trimmed(v);
@@ -305,7 +328,11 @@ async fn read_chunked<R: AsyncRead + Unpin>(
             break;
         }
         let size = usize::try_from(size).map_err(|_| WireError::TooLarge)?;
-        if body.len() + size > limit {
+        if body
+            .len()
+            .checked_add(size)
+            .is_none_or(|total| total > limit)
+        {
             return Err(WireError::TooLarge);
         }
         while buf.len() < size + 2 {
@@ -480,6 +507,37 @@ mod tests {
             .copied()
             .collect();
         assert!(matches!(read(&many), Err(WireError::Malformed(_))));
+    }
+
+    #[test]
+    fn a_sixteen_digit_chunk_size_is_too_large_not_a_panic() {
+        let raw =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\nFFFFFFFFFFFFFFFE\r\n";
+        assert!(matches!(read(raw), Err(WireError::TooLarge)));
+        assert!(matches!(read_bytewise(raw), Err(WireError::TooLarge)));
+    }
+
+    #[test]
+    fn a_head_over_the_bound_is_refused_even_when_it_arrives_at_once() {
+        let mut raw = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+        raw.resize(MAX_HEAD + 100, b'a');
+        raw.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+        let mut io = &raw[..];
+        let mut buf = BytesMut::with_capacity(4 * MAX_HEAD);
+        let fut = std::pin::pin!(read_answer(&mut io, &mut buf, 1024));
+        use std::future::Future;
+        let got = fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        assert!(matches!(
+            got,
+            std::task::Poll::Ready(Err(WireError::Malformed("head too large")))
+        ));
+    }
+
+    #[test]
+    fn bare_lf_heads_parse() {
+        let (a, _) =
+            read(b"HTTP/1.1 200 OK\nX-Authentik-Username: a\nContent-Length: 0\n\n").unwrap();
+        assert_eq!(a.values("x-authentik-username").next(), Some(&b"a"[..]));
     }
 
     #[test]
