@@ -178,7 +178,7 @@ pub fn build_request(client: &OutpostClient, endpoint: Endpoint, caller: &Caller
     }
     // One Cookie header (RFC 6265 section 5.4: a single header on HTTP/1.1), joining the pieces
     // HTTP/2 clients split.
-    let mut pieces = cookies.iter();
+    let mut pieces = cookies.iter().filter(|v| !v.is_empty());
     if let Some(first) = pieces.next() {
         head.extend_from_slice(b"cookie: ");
         head.extend_from_slice(first.as_bytes());
