@@ -124,6 +124,16 @@ cpu_ticks() { # utime+stime summed over the given pids
   echo "$total"
 }
 
+preemptions() { # involuntary context switches summed over every thread of the given pids
+  local total=0 pid v
+  for pid in "$@"; do
+    [[ "$pid" =~ ^[0-9]+$ ]] || continue
+    v="$(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '$1 == "nonvoluntary_ctxt_switches:" { n += $2 } END { print n + 0 }')"
+    total=$((total + ${v:-0}))
+  done
+  echo "$total"
+}
+
 status_kb() { # FIELD pids...: VmHWM / VmRSS summed, kB
   local field="$1" total=0 pid v; shift
   for pid in "$@"; do
@@ -232,20 +242,20 @@ measure() {
     taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$warm" --timeout 30s -s "$HERE/headers.lua" "$url" \
       -- "$file" "$header" >/dev/null
   fi
-  local sut_pids out_pids=() t0 o0 c0 r0 t1 o1 c1 r1 hwm
+  local sut_pids out_pids=() t0 o0 c0 r0 p0 t1 o1 c1 r1 p1 hwm
   read -r -a sut_pids <<<"$(pid_tree "$SUT_PID" | tr '\n' ' ')"
   [[ -n "${OUTPOST_PID:-}" && "$OUTPOST_PID" != "$SUT_PID" ]] && out_pids=("$OUTPOST_PID")
   t0="$(cpu_ticks "${sut_pids[@]}")"; o0="$(cpu_ticks "${out_pids[@]:-}")"
-  c0="$(outpost_stat connections)"; r0="$(outpost_stat requests)"
+  c0="$(outpost_stat connections)"; r0="$(outpost_stat requests)"; p0="$(preemptions "${sut_pids[@]}")"
   local out="$RUN/wrk-$name-$run.txt"
   taskset -c "$LOAD_CORE" wrk -t1 -c"$CONNS" -d"$DURATION" --latency --timeout 30s \
     -s "$HERE/headers.lua" "$url" -- "$file" "$header" >"$out"
   t1="$(cpu_ticks "${sut_pids[@]}")"; o1="$(cpu_ticks "${out_pids[@]:-}")"
-  c1="$(outpost_stat connections)"; r1="$(outpost_stat requests)"
+  c1="$(outpost_stat connections)"; r1="$(outpost_stat requests)"; p1="$(preemptions "${sut_pids[@]}")"
   hwm="$(status_kb VmHWM "${sut_pids[@]}")"
   # The /load/stats reading itself is one request and maybe one connection.
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$run" "$out" "$((t1 - t0))" "$((o1 - o0))" \
-    "$hwm" "$((r1 - r0 - 1))" "$((c1 - c0))" >>"$RESULTS"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$run" "$out" "$((t1 - t0))" "$((o1 - o0))" \
+    "$hwm" "$((r1 - r0 - 1))" "$((c1 - c0))" "$((p1 - p0))" >>"$RESULTS"
   log "$name run $run: $(awk '/Requests\/sec/ { print $2 " req/s" }' "$out")"
 }
 
@@ -375,23 +385,23 @@ def parse(path):
 
 runs = {}
 for line in open(results):
-    name, run, path, sut, out, hwm, calls, conns = line.rstrip("\n").split("\t")
+    name, run, path, sut, out, hwm, calls, conns, preempt = line.rstrip("\n").split("\t")
     r = parse(path)
     n = max(r["reqs"], 1)
     r.update(cpu=int(sut) * 1e6 / clk / n, ocpu=int(out) * 1e6 / clk / n, hwm=int(hwm) / 1024,
-             calls=int(calls) / n, conns=int(conns))
+             calls=int(calls) / n, conns=int(conns), preempt=int(preempt) / n)
     runs.setdefault(name, []).append(r)
 
 med = {k: {f: statistics.median(r[f] for r in v) for f in v[0]} for k, v in runs.items()}
 ceil, ceil_d, nginx = med.get("ceiling"), med.get(f"ceiling-d{delay}"), med.get("nginx-k32")
 ratio = lambda a, b: f"{a['rps'] / b['rps']:.2f}" if b and b["rps"] else "-"
 print()
-print(f"| configuration | runs | req/s | p50 ms | p99 ms | CPU µs/req | outpost CPU µs/req | peak RSS MiB | outpost calls/req | outpost conns/run | × (1) ceiling | × ceiling same delay | × (5) nginx k32 | errors |")
-print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+print(f"| configuration | runs | req/s | p50 ms | p99 ms | CPU µs/req | preempted/req | outpost CPU µs/req | peak RSS MiB | outpost calls/req | outpost conns/run | × (1) ceiling | × ceiling same delay | × (5) nginx k32 | errors |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 for name, m in med.items():
     same = ceil_d if name.endswith(f"-d{delay}") else ceil
     print(f"| {name} | {len(runs[name])} | {m['rps']:.0f} | {m['p50'] / 1e3:.3f} | {m['p99'] / 1e3:.3f} | "
-          f"{m['cpu']:.1f} | {m['ocpu']:.1f} | {m['hwm']:.1f} | {m['calls']:.2f} | {m['conns']:.0f} | "
+          f"{m['cpu']:.1f} | {m['preempt']:.2f} | {m['ocpu']:.1f} | {m['hwm']:.1f} | {m['calls']:.2f} | {m['conns']:.0f} | "
           f"{ratio(m, ceil)} | {ratio(m, same)} | {ratio(m, nginx)} | {m['errors']:.0f} |")
 
 rows = [l.rstrip("\n").split("\t") for l in open(extra)]
