@@ -417,6 +417,19 @@ mod tests {
         Answer::parse_complete(raw.as_bytes(), 1024).unwrap()
     }
 
+    /// Classifies a 200 with `pairs`, which must be an allow; returns it and its header names.
+    fn allowed_names(pairs: &[(&str, &str)]) -> (Arc<Allowed>, Vec<String>) {
+        let Outcome::Allow(a) = classify(&answer(200, pairs)) else {
+            panic!("not an allow")
+        };
+        let names = a
+            .identity
+            .headers()
+            .map(|(n, _)| n.as_str().to_owned())
+            .collect();
+        (a, names)
+    }
+
     #[test]
     fn bad_gateway_statuses_are_unavailable_but_500_is_an_answer() {
         for code in [502, 503, 504] {
@@ -437,24 +450,13 @@ mod tests {
 
     #[test]
     fn allow_needs_a_username_and_fills_all_twelve() {
-        let o = classify(&answer(
-            200,
-            &[
-                ("X-Authentik-Username", "alice"),
-                ("x-authentik-username", "mallory"),
-                ("Set-Cookie", "a=b"),
-                ("X-Custom", "1"),
-                ("Date", "now"),
-            ],
-        ));
-        let Outcome::Allow(a) = o else {
-            panic!("not an allow")
-        };
-        let names: Vec<String> = a
-            .identity
-            .headers()
-            .map(|(n, _)| n.as_str().to_owned())
-            .collect();
+        let (a, names) = allowed_names(&[
+            ("X-Authentik-Username", "alice"),
+            ("x-authentik-username", "mallory"),
+            ("Set-Cookie", "a=b"),
+            ("X-Custom", "1"),
+            ("Date", "now"),
+        ]);
         for name in IDENTITY {
             assert!(names.iter().any(|n| n == name.as_str()), "{name}");
         }
@@ -489,24 +491,13 @@ mod tests {
         assert_eq!(r.headers["x-authentik-username"], "");
         assert!(!r.headers.contains_key("connection"));
         assert!(!r.headers.contains_key("keep-alive"));
-        let o = classify(&answer(
-            200,
-            &[
-                ("X-Authentik-Username", "alice"),
-                ("Connection", "X-Extra"),
-                ("X-Extra", "hop"),
-                ("Upgrade", "h2c"),
-                ("X_Authentik_Groups", "admins"),
-            ],
-        ));
-        let Outcome::Allow(a) = o else {
-            panic!("not an allow")
-        };
-        let names: Vec<String> = a
-            .identity
-            .headers()
-            .map(|(n, _)| n.as_str().to_owned())
-            .collect();
+        let (a, names) = allowed_names(&[
+            ("X-Authentik-Username", "alice"),
+            ("Connection", "X-Extra"),
+            ("X-Extra", "hop"),
+            ("Upgrade", "h2c"),
+            ("X_Authentik_Groups", "admins"),
+        ]);
         assert_eq!(names.len(), 12, "{names:?}");
         assert_eq!(
             a.identity.get(&IDENTITY[1]).unwrap(),
