@@ -138,7 +138,8 @@ pub async fn read_answer<R: AsyncRead + Unpin>(
     // costs one scan, not one parse per read.
     let mut scanned: usize = 0;
     let head = loop {
-        if ends_head(&buf[scanned.saturating_sub(3)..]) {
+        // The first read usually holds the whole head: parse it at once.
+        if scanned == 0 || ends_head(&buf[scanned.saturating_sub(3)..]) {
             if let Some(head) = parse_head(buf)? {
                 break head;
             }
@@ -278,7 +279,14 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
 
 /// Whether `bytes` hold the blank line that ends a head (CRLF or bare LF line ends).
 fn ends_head(bytes: &[u8]) -> bool {
-    bytes.windows(2).any(|w| w == b"\n\n") || bytes.windows(3).any(|w| w == b"\n\r\n")
+    let mut rest = bytes;
+    while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+        rest = &rest[at + 1..];
+        if rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n") {
+            return true;
+        }
+    }
+    false
 }
 
 /// A peer reset or abort: no answer is coming on this connection.
