@@ -156,6 +156,26 @@ async fn chunked_and_length_framed_answers_are_read_whole_on_one_connection() {
 }
 
 #[tokio::test]
+async fn a_user_in_hundreds_of_groups_is_allowed_with_all_of_them() {
+    // 5 000 groups: ~70 KiB of X-authentik-groups, twice the nginx tier's 32 KiB buffer.
+    let groups: Vec<String> = (0..5000).map(|i| format!("group-{i:05}-x")).collect();
+    let groups = groups.join("|");
+    let answer = format!(
+        "HTTP/1.1 200 OK\r\nX-Authentik-Username: akadmin\r\nX-Authentik-Groups: {groups}\r\n\
+         Content-Length: 0\r\n\r\n"
+    );
+    let outpost = scripted(vec![Step::Write(answer.leak().as_bytes())]).await;
+    let h = proxy_for(&outpost).await;
+    let r = check(&h).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(
+        r.header("x-authentik-groups").map(str::len),
+        Some(groups.len())
+    );
+    assert!(groups.len() > 64 * 1024);
+}
+
+#[tokio::test]
 async fn malformed_framing_fails_closed_and_drops_the_connection() {
     let outpost = scripted(vec![
         Step::Write(allow!("Content-Length: 2\r\nContent-Length: 3\r\n\r\nabc")),

@@ -17,8 +17,10 @@ use std::ops::Range;
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Largest answer head (status line and header fields).
-pub const MAX_HEAD: usize = 64 * 1024;
+/// Largest answer head (status line and header fields). A user in hundreds of groups gets them
+/// twice (`X-authentik-groups` and inside the JWT): the nginx tier raised its buffers to 32 KiB for
+/// "upstream sent too big header"; this leaves room to spare, and costs nothing until used.
+pub const MAX_HEAD: usize = 256 * 1024;
 /// Most header fields in one answer.
 const MAX_FIELDS: usize = 128;
 /// Largest trailer section of a chunked body (read and ignored).
