@@ -389,10 +389,9 @@ impl Cache {
 
 /// The entry's `X-authentik-uid` (a slice of its buffer: no copy), if non-empty.
 fn uid_of(entry: &Entry) -> Option<&[u8]> {
-    let slot = super::headers::IDENTITY
-        .iter()
-        .position(|n| *n == super::headers::X_AUTHENTIK_UID)?;
-    entry.fixed(slot).filter(|v| !v.is_empty())
+    entry
+        .fixed(super::headers::UID_SLOT)
+        .filter(|v| !v.is_empty())
 }
 
 #[cfg(test)]

@@ -82,12 +82,11 @@ pub struct Leader<'a> {
 impl Inflight {
     /// Joins the call in flight for `key`, or starts one.
     pub fn join<'a>(&'a self, key: &'a CacheKey) -> Role<'a> {
-        let slot = Arc::new(Slot::default());
         let Ok(mut calls) = self.calls.lock() else {
             return Role::Leader(Leader {
                 inflight: self,
                 key,
-                slot,
+                slot: Arc::default(),
             });
         };
         if let Some(running) = calls.get(key) {
@@ -95,6 +94,7 @@ impl Inflight {
                 return Role::Waiter(running.clone());
             }
         }
+        let slot = Arc::new(Slot::default());
         calls.insert(key.clone(), slot.clone());
         Role::Leader(Leader {
             inflight: self,

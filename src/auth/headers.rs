@@ -31,6 +31,14 @@ pub const IDENTITY: [HeaderName; 12] = [
     HeaderName::from_static("x-authentik-meta-version"),
 ];
 
+/// Places in [`IDENTITY`] the pipeline reads by position: the username decides an allow, the
+/// JWT's `exp` caps a cache entry's TTL, the uid finds a user's entries on sign-out.
+pub const USERNAME_SLOT: usize = 0;
+/// See [`USERNAME_SLOT`].
+pub const UID_SLOT: usize = 5;
+/// See [`USERNAME_SLOT`].
+pub const JWT_SLOT: usize = 6;
+
 /// `X-Forwarded-Proto`
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`
@@ -110,16 +118,32 @@ pub fn is_spoofable(name: &HeaderName) -> bool {
         || (is_forwarded_family(s) && !s.starts_with("x-forwarded-"))
 }
 
+/// The comma-separated tokens of `Connection` field values (RFC 9110 section 7.6.1), trimmed.
+pub fn connection_tokens<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> impl Iterator<Item = &'a [u8]> {
+    values
+        .into_iter()
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+}
+
+/// The header names `Connection` lists: hop-by-hop too, whatever they are.
+pub fn connection_listed<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Vec<HeaderName> {
+    connection_tokens(values)
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
+        .collect()
+}
+
 /// Removes hop-by-hop headers, including every name listed in `Connection` (RFC 9110 7.6.1),
 /// so a client cannot name a header in `Connection` to have it dropped after we set it.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
+    let listed = connection_listed(
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    );
     for name in listed {
         headers.remove(name);
     }
@@ -131,6 +155,13 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slots_name_their_headers() {
+        assert_eq!(IDENTITY[USERNAME_SLOT], X_AUTHENTIK_USERNAME);
+        assert_eq!(IDENTITY[UID_SLOT], X_AUTHENTIK_UID);
+        assert_eq!(IDENTITY[JWT_SLOT], X_AUTHENTIK_JWT);
+    }
 
     #[test]
     fn authentik_family_matches_every_spelling() {

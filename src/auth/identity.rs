@@ -167,13 +167,9 @@ impl Identity {
     /// buffer, without unpacking the rest. `None` if the layout does not hold.
     pub fn packed_fixed(packed: &[u8], prefix_len: usize, slot: usize) -> Option<&[u8]> {
         let mut r = Reader(packed.get(prefix_len..)?);
-        let mut ends = [0u32; 12];
-        for end in &mut ends {
-            *end = r.u32()?;
-        }
+        let ends = r.ends()?;
         for _ in 0..r.u16()? {
-            let len = usize::from(r.u16()?);
-            r.take(len + 4)?;
+            r.extra()?;
         }
         let end = *ends.get(slot)? as usize;
         let start = slot.checked_sub(1).map_or(0, |i| ends[i]) as usize;
@@ -184,16 +180,12 @@ impl Identity {
     /// values are slices of `packed`: no copy. `None` if the layout does not hold.
     pub fn unpack(packed: &Bytes, prefix_len: usize) -> Option<Identity> {
         let mut r = Reader(packed.get(prefix_len..)?);
-        let mut ends = [0u32; 12];
-        for end in &mut ends {
-            *end = r.u32()?;
-        }
+        let ends = r.ends()?;
         let count = r.u16()?;
         let mut extra = Vec::with_capacity(usize::from(count));
         for _ in 0..count {
-            let len = usize::from(r.u16()?);
-            let name = HeaderName::from_bytes(r.take(len)?).ok()?;
-            extra.push((name, r.u32()?));
+            let (name, end) = r.extra()?;
+            extra.push((HeaderName::from_bytes(name).ok()?, end));
         }
         let start = packed.len() - r.0.len();
         let values_len = extra.last().map_or(ends[11], |(_, end)| *end) as usize;
@@ -226,6 +218,21 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+
+    /// The twelve fixed headers' end offsets.
+    fn ends(&mut self) -> Option<[u32; 12]> {
+        let mut ends = [0u32; 12];
+        for end in &mut ends {
+            *end = self.u32()?;
+        }
+        Some(ends)
+    }
+
+    /// One further header: its name and the end offset of its value.
+    fn extra(&mut self) -> Option<(&'a [u8], u32)> {
+        let len = usize::from(self.u16()?);
+        Some((self.take(len)?, self.u32()?))
     }
 }
 

@@ -15,7 +15,7 @@ use http::uri::PathAndQuery;
 use http::StatusCode;
 
 use super::headers::{
-    self, IDENTITY, X_AUTHENTIK_JWT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD,
+    self, IDENTITY, JWT_SLOT, USERNAME_SLOT, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD,
     X_FORWARDED_PROTO, X_FORWARDED_URI, X_ORIGINAL_URL,
 };
 pub use super::identity::Identity;
@@ -253,9 +253,6 @@ pub fn classify(answer: &Answer) -> Outcome {
     Outcome::Anonymous(Arc::new(anonymous))
 }
 
-/// `X-authentik-username`'s place in [`IDENTITY`].
-const USERNAME_SLOT: usize = 0;
-
 /// One end-to-end answer field: its name, its place in [`IDENTITY`] if it is one of the twelve,
 /// its raw value.
 struct Field<'a> {
@@ -266,11 +263,7 @@ struct Field<'a> {
 
 /// The answer's fields without hop-by-hop ones, those `Connection` lists, and `Content-Length`.
 fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
-    let listed: Vec<HeaderName> = answer
-        .values("connection")
-        .flat_map(|v| v.split(|&b| b == b','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
-        .collect();
+    let listed = headers::connection_listed(answer.values("connection"));
     let mut fields = Vec::with_capacity(answer.len());
     fields.extend(answer.headers().filter_map(|(raw, value)| {
         // The twelve are matched without building a name (a static one is cloned).
@@ -333,8 +326,7 @@ fn allowed(fields: &[Field<'_>]) -> Allowed {
             ExtraKind::Drop => {}
         }
     }
-    let jwt_slot = IDENTITY.iter().position(|n| *n == X_AUTHENTIK_JWT);
-    let jwt_exp = jwt_slot.and_then(|i| fixed[i]).and_then(jwt_exp);
+    let jwt_exp = fixed[JWT_SLOT].and_then(jwt_exp);
     Allowed {
         identity: Arc::new(Identity::from_slots(&fixed, others, jwt_exp)),
         extra,

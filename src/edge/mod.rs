@@ -275,12 +275,8 @@ async fn routed(
 
 /// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
 fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
-    let asks = h
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let asks = headers::connection_tokens(h.get_all(CONNECTION).iter().map(HeaderValue::as_bytes))
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
     asks.then(|| h.get(http::header::UPGRADE).cloned())
         .flatten()
 }
