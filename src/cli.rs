@@ -2,7 +2,7 @@
 //! tests can drive the same code.
 
 use std::io::{BufRead, IsTerminal};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
@@ -14,16 +14,26 @@ use crate::metrics::Metrics;
 use crate::server::tls::EdgeCerts;
 use crate::server::{self, Listeners};
 
-/// Checks the files a config names (the htpasswd file) the way `serve` would load them, and
-/// words a problem like a config problem: `FILE:LINE: KEY: problem`.
-pub fn check_files(config: &Config) -> Result<(), String> {
-    check_htpasswd(config)?;
+/// Checks the files the config at `source` names (the htpasswd file, edge certificates) the way
+/// `serve` would load them, and words a problem like a config problem: `CONFIG:LINE: KEY: problem`,
+/// LINE being the key's line and the problem naming the file (and its line, if it has one).
+pub fn check_files(config: &Config, source: &Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(source).unwrap_or_default();
+    let problem = |key: &str, problem: String| {
+        let line = crate::config::key_line(&text, key).unwrap_or(1);
+        format!("{}:{line}: {key}: {problem}", source.display())
+    };
+    check_htpasswd(config).map_err(|p| problem("fallback.htpasswd_file", p))?;
     if let Some(edge) = &config.edge {
-        EdgeCerts::load(edge).map_err(|err| err.problem_line())?;
+        EdgeCerts::load(edge).map_err(|err| {
+            let (key, p) = err.key_and_problem();
+            problem(key, p)
+        })?;
     }
     Ok(())
 }
 
+/// The htpasswd file's problem, naming the file and, for a bad entry, its line.
 fn check_htpasswd(config: &Config) -> Result<(), String> {
     use crate::auth::htpasswd::HtpasswdError;
     if !config.fallback.enabled {
@@ -33,13 +43,9 @@ fn check_htpasswd(config: &Config) -> Result<(), String> {
     Realm::load(&config.fallback)
         .map(|_| ())
         .map_err(|err| match err {
-            HtpasswdError::Malformed { line, reason } => {
-                format!("{file}:{line}: fallback.htpasswd_file: {reason}")
-            }
-            HtpasswdError::Io { source, .. } => {
-                format!("{file}:1: fallback.htpasswd_file: cannot read: {source}")
-            }
-            other => format!("{file}:1: fallback.htpasswd_file: {other}"),
+            HtpasswdError::Malformed { line, reason } => format!("{file}:{line}: {reason}"),
+            HtpasswdError::Io { source, .. } => format!("{file}: cannot read: {source}"),
+            other => format!("{file}: {other}"),
         })
 }
 

@@ -392,6 +392,31 @@ impl Config {
     }
 }
 
+/// The 1-based line of a dotted key in TOML `text` (`fallback.htpasswd_file`,
+/// `edge.cert[0].key`), if the text parses and has it.
+pub fn key_line(text: &str, key: &str) -> Option<usize> {
+    let doc = ImDocument::parse(text).ok()?;
+    let mut table: &dyn TableLike = doc.as_table();
+    let mut span = None;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let (name, index) = match part.split_once('[') {
+            Some((name, rest)) => (name, Some(rest.strip_suffix(']')?.parse::<usize>().ok()?)),
+            None => (part, None),
+        };
+        let (k, item) = table.get_key_value(name)?;
+        span = k.span();
+        if parts.peek().is_none() {
+            break;
+        }
+        table = match index {
+            Some(i) => item.as_array_of_tables()?.get(i)?,
+            None => item.as_table_like()?,
+        };
+    }
+    Problems::new(text).line_at(span)
+}
+
 /// A TOML syntax error as one problem on its line; the message keeps to one line.
 fn syntax_error(text: &str, file: &str, e: &toml_edit::TomlError) -> ConfigErrors {
     let line = Problems::new(text).line_at(e.span()).unwrap_or(1);

@@ -70,7 +70,7 @@ fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
         eprintln!("{errors}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    portcullis::cli::check_files(&config).map_err(|problem| {
+    portcullis::cli::check_files(&config, path).map_err(|problem| {
         eprintln!("{problem}");
         ExitCode::from(EXIT_CONFIG)
     })?;

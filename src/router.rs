@@ -46,6 +46,11 @@ pub fn route(path: &str) -> Route {
             Route::NotFound
         };
     };
+    // Envoy's suffix is the protected request's own path: the check rejects its dot-segments
+    // (as for any forwarded URL) but takes encoded slashes and empty segments as they come.
+    if rest.starts_with("auth/envoy/") {
+        return Route::Check(Endpoint::Envoy);
+    }
     if is_ambiguous(rest) {
         return Route::BadPath;
     }
@@ -54,7 +59,6 @@ pub fn route(path: &str) -> Route {
         "auth/caddy" => Route::Check(Endpoint::Caddy),
         "auth/nginx" => Route::Check(Endpoint::Nginx),
         "auth/envoy" => Route::Check(Endpoint::Envoy),
-        r if r.starts_with("auth/envoy/") => Route::Check(Endpoint::Envoy),
         _ => Route::Passthrough,
     }
 }
@@ -219,6 +223,15 @@ mod tests {
         assert_eq!(
             route("/outpost.goauthentik.io/auth/envoyx"),
             Route::Passthrough
+        );
+        // Envoy's suffix is the protected path: the check judges it, not the router.
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/envoy/group%2Fproject//-/tree"),
+            Route::Check(Endpoint::Envoy)
+        );
+        assert_eq!(
+            route("/outpost.goauthentik.io/auth/envoy%2F../admin"),
+            Route::BadPath
         );
         assert_eq!(route("/outpost.goauthentik.io/start"), Route::Passthrough);
         assert_eq!(

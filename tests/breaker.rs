@@ -428,3 +428,20 @@ async fn readyz_stays_ready_during_an_outage_and_reports_the_outpost_down() {
     assert!(body.contains("outpost: down"), "{body}");
     assert!(body.contains("fallback: active"), "{body}");
 }
+
+#[tokio::test]
+async fn fallback_gauge_is_set_by_the_first_realm_answer_and_cleared_by_the_next_outpost_answer() {
+    use portcullis::demo::outpost::Behaviour;
+    let h = start_unprobed(3, |_| {}).await;
+    let cookie = h.session_cookie("akadmin");
+    h.outpost.set_behaviour(Behaviour::Status(503));
+    let (r, _) = timed_check(&h, &[("cookie", &cookie)]).await;
+    assert_fallback_challenge(&r);
+    assert!(!is_open(&h), "one 503 of three does not open the breaker");
+    // The realm answered: the gauge says so even though the circuit is still closed.
+    assert_gauges(&h, 1.0, 1.0).await;
+    h.outpost.set_behaviour(Behaviour::Normal);
+    let (r, _) = timed_check(&h, &[("cookie", &cookie)]).await;
+    assert_allowed_as_akadmin(&r);
+    assert_gauges(&h, 1.0, 0.0).await;
+}

@@ -272,9 +272,20 @@ fn serve_refuses_a_malformed_htpasswd_naming_its_line() {
             "{cmd}: {line:?} names no htpasswd file"
         );
         assert!(line.contains("fallback.htpasswd_file"), "{cmd}: {line:?}");
+        // CONFIG:LINE-OF-THE-KEY: KEY: HTPASSWD:LINE: problem
+        let text = std::fs::read_to_string(&file).unwrap();
+        let key_line = 1 + text
+            .lines()
+            .position(|l| l.starts_with("htpasswd_file"))
+            .unwrap();
+        let head = format!(
+            "{}:{key_line}: fallback.htpasswd_file: {}:3: ",
+            file.display(),
+            ht.display()
+        );
         assert!(
-            line.starts_with(&format!("{}:3: fallback.htpasswd_file: ", ht.display())),
-            "{cmd}: {line:?} is not FILE:LINE: KEY: problem for line 3"
+            line.starts_with(&head),
+            "{cmd}: {line:?} does not start with {head:?}"
         );
         assert!(
             !line.contains("$2"),

@@ -294,3 +294,27 @@ async fn every_htpasswd_hash_format_works_end_to_end() {
         assert_allowed(&attempt(&h, &client, user, password).await, user);
     }
 }
+
+#[tokio::test]
+async fn a_limited_address_gets_429_without_credentials_too_and_others_still_get_the_challenge() {
+    let h = outage(|_| {}).await;
+    for i in 0..10 {
+        let r = attempt(&h, "198.51.100.70", &format!("user{i}"), "guess").await;
+        assert_challenged(&r);
+    }
+    let from = |client: &'static str, auth: Option<&'static str>| {
+        let mut headers = traefik_headers(&[]);
+        for (k, v) in headers.iter_mut() {
+            if *k == "x-forwarded-for" {
+                *v = client;
+            }
+        }
+        headers.extend(auth.map(|a| ("authorization", a)));
+        let url = h.url(AUTH);
+        async move { get(&url, &headers).await }
+    };
+    // No credentials, or a scheme other than Basic: no fresh challenge for a limited address.
+    assert_limited(&from("198.51.100.70", None).await);
+    assert_limited(&from("198.51.100.70", Some("Bearer abc")).await);
+    assert_challenged(&from("198.51.100.71", None).await);
+}

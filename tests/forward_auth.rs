@@ -428,3 +428,44 @@ async fn dot_segments_in_the_forwarded_uri_are_refused_before_the_outpost() {
     assert_eq!(r.status, 400);
     assert_eq!(h.outpost.stats().auth_requests, 0);
 }
+
+#[tokio::test]
+async fn envoy_checks_are_cached_per_host_and_take_encoded_slashes_but_not_dot_segments() {
+    let h = start(|_| {}).await;
+    let cookie = h.session_cookie("akadmin");
+    let headers = [("host", "app.example"), ("cookie", cookie.as_str())];
+    let first = get(
+        &h.url("/outpost.goauthentik.io/auth/envoy/dashboard?x=1"),
+        &headers,
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    let asked = h.outpost.stats().auth_requests;
+    // Another path on the same host with the same session: answered from the cache, and a
+    // GitLab-style encoded slash inside a segment is a path like any other.
+    let second = get(
+        &h.url("/outpost.goauthentik.io/auth/envoy/group%2Fproject/-/tree"),
+        &headers,
+    )
+    .await;
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-authentik-username"), Some("akadmin"));
+    assert_eq!(
+        h.outpost.stats().auth_requests,
+        asked,
+        "not answered from the cache"
+    );
+    let text = scrape(h.admin).await;
+    let cached = [("endpoint", "envoy"), ("decision", "allow_cached")];
+    assert_eq!(
+        metric(&text, "portcullis_requests_total", &cached),
+        Some(1.0)
+    );
+    for bad in ["/..", "/a/%2e%2e/admin", "/a/..%2Fadmin"] {
+        let url = h.url(&format!("/outpost.goauthentik.io/auth/envoy{bad}"));
+        let r = get(&url, &headers).await;
+        assert_eq!(r.status, 400, "{bad}");
+        assert!(r.header("x-authentik-username").is_none(), "{bad}");
+    }
+    assert_eq!(h.outpost.stats().auth_requests, asked);
+}

@@ -138,15 +138,23 @@ fn forwarded_url(endpoint: Endpoint, caller: &Caller<'_>) -> HeaderValue {
             .original_url()
             .cloned()
             .unwrap_or_else(|| caller.uri()),
-        Endpoint::Envoy => caller
-            .parts
-            .uri
-            .path_and_query()
-            .and_then(|p| HeaderValue::from_str(p.as_str()).ok())
-            .unwrap_or(headers::EMPTY),
+        // Envoy appends the protected path to the check prefix; the outpost strips the prefix.
+        Endpoint::Envoy => {
+            let full = caller.parts.uri.path_and_query().map_or("", |p| p.as_str());
+            let original = full.strip_prefix(ENVOY_PREFIX).unwrap_or(full);
+            let original = if original.starts_with('/') {
+                original.to_owned()
+            } else {
+                format!("/{original}")
+            };
+            HeaderValue::from_str(&original).unwrap_or(headers::EMPTY)
+        }
         _ => caller.uri(),
     }
 }
+
+/// The path Envoy's `ext_authz` puts in front of the protected request's path.
+const ENVOY_PREFIX: &str = "/outpost.goauthentik.io/auth/envoy";
 
 /// Asks the outpost once and feeds the breaker.
 async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -> Outcome {
@@ -184,6 +192,11 @@ async fn ask(app: &App, rt: &Runtime, endpoint: Endpoint, caller: &Caller<'_>) -
             app.metrics.outpost_response(Some(r.status.as_u16()));
             rt.breaker.record_success();
         }
+    }
+    // The outpost answered: the realm is no longer what answers (read first, so the hot path
+    // does not write a shared gauge on every miss).
+    if !matches!(outcome, Outcome::Unavailable(_)) && app.metrics.fallback_active.get() != 0 {
+        app.metrics.fallback_active.set(0);
     }
     outcome
 }
@@ -266,6 +279,8 @@ async fn fallback(
             };
         }
     };
+    // The realm is answering (before the breaker opens too): metered at once (DESIGN.md 7).
+    app.metrics.fallback_active.set(1);
     // Resolved only here, where the limiter needs it. An unknown client (garbage in a trusted
     // chain) is limited as the peer that sent it.
     let trusted = &rt.config.server.trusted_proxies;

@@ -575,3 +575,15 @@ fn edge_listeners_must_not_clash() {
         ["f.toml:5: edge.listen_http: must differ from edge.listen_https"]
     );
 }
+
+#[test]
+fn key_line_finds_dotted_keys_and_array_entries() {
+    let text = "[server]\nlisten = \"127.0.0.1:1\"\n\n[fallback]\n\nhtpasswd_file = \"/x\"\n\n\
+                [[edge.cert]]\ncert = \"a\"\nkey = \"b\"\n[[edge.cert]]\ncert = \"c\"\nkey = \"d\"\n";
+    assert_eq!(key_line(text, "fallback.htpasswd_file"), Some(6));
+    assert_eq!(key_line(text, "edge.cert[0].key"), Some(10));
+    assert_eq!(key_line(text, "edge.cert[1].cert"), Some(12));
+    assert_eq!(key_line(text, "edge.cert[2].cert"), None);
+    assert_eq!(key_line(text, "fallback.missing"), None);
+    assert_eq!(key_line("not toml [", "fallback.htpasswd_file"), None);
+}

@@ -74,22 +74,23 @@ pub enum TlsError {
 }
 
 impl TlsError {
-    /// The problem as `FILE:1: KEY: problem`, the way `check` prints file problems.
-    pub fn problem_line(&self) -> String {
-        let (path, key, problem) = match self {
-            TlsError::Read { key, path, source } => (path, key, format!("cannot read: {source}")),
+    /// The config key behind the problem (`edge.cert[0].key`) and the problem, naming the file:
+    /// `check` prints them as `CONFIG:LINE: KEY: problem`.
+    pub fn key_and_problem(&self) -> (&str, String) {
+        let (key, path, problem) = match self {
+            TlsError::Read { key, path, source } => (key, path, format!("cannot read: {source}")),
             TlsError::NoCertificate { key, path } => {
-                (path, key, "no PEM certificate found".to_owned())
+                (key, path, "no PEM certificate found".to_owned())
             }
-            TlsError::NoKey { key, path } => (path, key, "no PEM private key found".to_owned()),
+            TlsError::NoKey { key, path } => (key, path, "no PEM private key found".to_owned()),
             TlsError::Unusable { key, path, source } => (
-                path,
                 key,
+                path,
                 format!("unusable key or key/certificate mismatch: {source}"),
             ),
-            TlsError::Empty => return "edge.cert: no certificate configured".to_owned(),
+            TlsError::Empty => return ("edge.cert", "no certificate configured".to_owned()),
         };
-        format!("{}:1: {key}: {problem}", path.display())
+        (key, format!("{}: {problem}", path.display()))
     }
 }
 
@@ -317,20 +318,25 @@ mod tests {
         let mut config = edge_config(&dir);
         config.certs[0].key = dir.join("missing.key");
         let err = EdgeCerts::load(&config).unwrap_err();
-        let line = err.problem_line();
-        assert!(line.ends_with("missing.key:1: edge.cert[0].key: cannot read: No such file or directory (os error 2)"), "{line}");
-        std::fs::write(&config.certs[0].key, "junk").unwrap();
-        let line = EdgeCerts::load(&config).unwrap_err().problem_line();
+        let (key, problem) = err.key_and_problem();
+        assert_eq!(key, "edge.cert[0].key");
         assert!(
-            line.ends_with(": edge.cert[0].key: no PEM private key found"),
-            "{line}"
+            problem.ends_with("missing.key: cannot read: No such file or directory (os error 2)"),
+            "{problem}"
         );
+        std::fs::write(&config.certs[0].key, "junk").unwrap();
+        let err = EdgeCerts::load(&config).unwrap_err();
+        let (key, problem) = err.key_and_problem();
+        assert_eq!(key, "edge.cert[0].key");
+        assert!(problem.ends_with(": no PEM private key found"), "{problem}");
         let other = edge_config(&temp_dir("problems-other"));
         config.certs[0].key = other.certs[0].key.clone();
-        let line = EdgeCerts::load(&config).unwrap_err().problem_line();
+        let err = EdgeCerts::load(&config).unwrap_err();
+        let (key, problem) = err.key_and_problem();
+        assert_eq!(key, "edge.cert[0].key");
         assert!(
-            line.contains("edge.cert[0].key: unusable key or key/certificate mismatch"),
-            "{line}"
+            problem.contains(": unusable key or key/certificate mismatch"),
+            "{problem}"
         );
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -195,16 +195,20 @@ impl Realm {
     /// Judges one request: `authorization` is its `Authorization` header, `client` the address
     /// already resolved through trusted proxies.
     ///
-    /// No header, or a scheme other than Basic, is `Deny` without counting a failure. A broken
-    /// Basic header counts against the address; a wrong password against user and address.
+    /// No header, or a scheme other than Basic, is `Deny` without counting a failure (`Limited`
+    /// from a limited address: it gets no fresh challenge). A broken Basic header counts against
+    /// the address; a wrong password against user and address.
     pub async fn check(&self, authorization: Option<&HeaderValue>, client: IpAddr) -> Verdict {
-        let Some(value) = authorization else {
-            return Verdict::Deny;
-        };
         let now = Instant::now();
         let address = address_key(client);
-        let (user, password) = match parse_authorization(value) {
-            Presented::OtherScheme => return Verdict::Deny,
+        let presented = authorization.map_or(Presented::OtherScheme, parse_authorization);
+        let (user, password) = match presented {
+            Presented::OtherScheme => {
+                return match lock(&self.limiter).blocked(None, address, now) {
+                    Some(retry_after) => Verdict::Limited { retry_after },
+                    None => Verdict::Deny,
+                }
+            }
             Presented::Malformed => return self.malformed(address, now),
             Presented::Basic { user, password } => (user, password),
         };
