@@ -368,7 +368,7 @@ async fn callback_and_logout_signatures_bypass_the_cache() {
 async fn capacity_bounds_the_entries() {
     let h = start(|c| {
         trust_loopback(c);
-        c.cache.capacity = 16; // 16 shards of one entry each
+        c.cache.capacity = 16; // one shard of 16 (below 4096 the cache is one exact LRU)
     })
     .await;
     let cookies: Vec<String> = (0..200)
@@ -612,4 +612,63 @@ async fn forwarded_urls_under_the_outpost_prefix_bypass_the_cache() {
         assert_eq!(calls(&h), 1 + i, "never answered from the cache");
     }
     assert_eq!(cached(&h), 0);
+}
+
+#[tokio::test]
+async fn capacity_two_holds_two_entries_and_evicts_the_least_recently_used() {
+    let h = start(|c| {
+        trust_loopback(c);
+        c.cache.capacity = 2;
+    })
+    .await;
+    let cookies: Vec<String> = (0..5)
+        .map(|i| h.session_cookie(&format!("user{i}")))
+        .collect();
+    for c in &cookies {
+        let r = check(&h, "app.example", "/", Some(c)).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert_eq!((calls(&h), cached(&h)), (5, 0));
+    let entries = metric(&scrape(h.admin).await, "portcullis_cache_entries", &[]);
+    assert!(
+        entries.is_some_and(|e| e <= 2.0),
+        "portcullis_cache_entries {entries:?} with capacity 2"
+    );
+    // The most recent user is still cached...
+    check(&h, "app.example", "/", Some(&cookies[4])).await;
+    assert_eq!((calls(&h), cached(&h)), (5, 1), "user4 was evicted");
+    // ...the first was evicted, so the outpost answers it again.
+    let r = check(&h, "app.example", "/", Some(&cookies[0])).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!((calls(&h), cached(&h)), (6, 1), "user0 was still cached");
+    assert!(h.app.runtime().cache.len() <= 2);
+}
+
+#[tokio::test]
+async fn sign_out_with_only_an_authorization_header_purges_the_entries_of_that_credential() {
+    let h = start(trust_loopback).await;
+    let auth = basic("akadmin", portcullis::demo::outpost::DEMO_APP_PASSWORD);
+    let with_auth = |host: &'static str| {
+        let mut headers = forwarded(host, "/", None);
+        headers.push(("authorization", auth.as_str()));
+        headers
+    };
+    for _ in 0..2 {
+        let r = get(&h.url(TRAEFIK), &with_auth("app.example")).await;
+        assert_eq!(r.header("x-authentik-username"), Some("akadmin"));
+    }
+    assert_eq!((calls(&h), cached(&h)), (1, 1));
+    let r = get(
+        &h.url("/outpost.goauthentik.io/sign_out"),
+        &[("host", "app.example"), ("authorization", auth.as_str())],
+    )
+    .await;
+    assert_eq!(r.status, 302);
+    assert!(h.app.runtime().cache.is_empty());
+    get(&h.url(TRAEFIK), &with_auth("app.example")).await;
+    assert_eq!(
+        calls(&h),
+        2,
+        "the signed-out credential was answered from the cache"
+    );
 }

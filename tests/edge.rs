@@ -852,3 +852,126 @@ async fn idle_websocket_tunnel_is_closed_after_the_tunnel_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0, "closed, no data");
 }
+
+/// `Authorization: Basic` with the emergency realm's credentials.
+fn fallback_authorization() -> String {
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        support::FALLBACK_USER,
+        support::FALLBACK_PASSWORD
+    ));
+    format!("Basic {basic}")
+}
+
+#[tokio::test]
+async fn connection_header_cannot_remove_the_fallback_marker_or_identity() {
+    // GHSA-62c8-mh53-4cqv: a client lists what the proxy sets in `Connection`, hoping hop-by-hop
+    // cleanup deletes it after it was set. The fallback marker must always reach the backend.
+    let edge = start().await;
+    edge.outpost.set_behaviour(Behaviour::Status(503));
+    let auth = fallback_authorization();
+    let listed = "keep-alive, X-Auth-Fallback, X-authentik-username, X-authentik-groups";
+    let r = edge
+        .get(
+            "app.example",
+            "/",
+            &[("authorization", auth.as_str()), ("connection", listed)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "x-auth-fallback"), Some("true"), "{seen:?}");
+    assert_eq!(header(&seen, "x-authentik-username"), Some("admin"));
+    assert!(header(&seen, "x-authentik-groups").is_some(), "{seen:?}");
+    assert_eq!(header(&seen, "authorization"), None);
+    assert_eq!(header(&seen, "connection"), None);
+    assert_eq!(edge.requests_total(Decision::FallbackAllow), 1);
+}
+
+#[tokio::test]
+async fn connection_header_cannot_remove_session_identity_headers() {
+    // `wan.example` is local-or-auth and loopback is not local there: the same auth path.
+    let edge = start().await;
+    let cookie = edge.session_cookie();
+    for host in ["app.example", "wan.example"] {
+        let r = edge
+            .get(
+                host,
+                "/",
+                &[
+                    ("cookie", cookie.as_str()),
+                    ("connection", "X-authentik-groups, X-authentik-uid"),
+                    ("x-authentik-groups", "admins"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+        let seen = edge.backend.last();
+        for name in support::IDENTITY {
+            assert!(seen.headers.contains_key(name), "{host}: {name} missing");
+        }
+        assert_eq!(header(&seen, "x-authentik-username"), Some("akadmin"));
+        assert!(!header(&seen, "x-authentik-uid").unwrap().is_empty());
+        assert_ne!(header(&seen, "x-authentik-groups"), Some("admins"));
+        assert_eq!(seen.headers.get_all("x-authentik-groups").iter().count(), 1);
+    }
+    assert_eq!(edge.requests_total(Decision::Allow), 2);
+}
+
+#[tokio::test]
+async fn connection_listed_client_header_does_not_reach_the_backend_on_any_route() {
+    let edge = start().await;
+    let cookie = edge.session_cookie();
+    // Auth required, auth none, local-or-auth from a local network.
+    for host in ["app.example", "open.example", "lan.example"] {
+        let r = edge
+            .get(
+                host,
+                "/",
+                &[
+                    ("cookie", cookie.as_str()),
+                    ("connection", "keep-alive, X-Custom"),
+                    ("x-custom", "1"),
+                    ("x-kept", "2"),
+                ],
+            )
+            .await;
+        assert_eq!(r.status, 200, "{host}: {r:?}");
+        let seen = edge.backend.last();
+        assert_eq!(header(&seen, "x-custom"), None, "{host}: {seen:?}");
+        assert_eq!(header(&seen, "x-kept"), Some("2"), "{host}");
+        assert_eq!(header(&seen, "connection"), None, "{host}");
+        assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+    }
+}
+
+#[tokio::test]
+async fn websocket_upgrade_on_an_auth_route_keeps_identity_listed_in_connection() {
+    let edge = start().await;
+    let cookie = edge.session_cookie();
+    let (mut sender, _conn) = h1_sender(&edge, "app.example").await;
+    let req = Request::builder()
+        .uri("/ws")
+        .header("host", "app.example")
+        .header("cookie", cookie.as_str())
+        .header("connection", "Upgrade, X-authentik-username, X-Custom")
+        .header("upgrade", "websocket")
+        .header("x-custom", "1")
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "x-authentik-username"), Some("akadmin"));
+    assert_eq!(header(&seen, "upgrade"), Some("websocket"));
+    assert_eq!(header(&seen, "connection"), Some("upgrade"));
+    assert_eq!(header(&seen, "x-custom"), None);
+    let mut io = TokioIo::new(hyper::upgrade::on(resp).await.unwrap());
+    io.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    tokio::time::timeout(Duration::from_secs(5), io.read_exact(&mut buf))
+        .await
+        .expect("echo within 5 s")
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+}

@@ -4,7 +4,8 @@
 //! credential the outpost reads (`authentik_proxy_*` cookie values and `Authorization`). The
 //! index is a 64-bit hash, but a hit compares the full key bytes, so a collision can never hand
 //! one user's identity to another. Shards each hold an LRU behind their own mutex; no lock is
-//! held across an `.await`.
+//! held across an `.await`. The shards' caps sum to exactly `cache.capacity`, so the cache never
+//! holds more; below 4096 entries there is one shard, and eviction is exactly LRU.
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
@@ -19,8 +20,20 @@ use super::outpost::Identity;
 use super::request::{Caller, SESSION_COOKIE_PREFIX};
 use crate::metrics::Lookup;
 
-/// Shards: enough that two cores rarely meet on one lock.
+/// Shards of a large cache: enough that two cores rarely meet on one lock (a power of two, so
+/// picking one is a mask).
 const SHARDS: usize = 16;
+const _: () = assert!(SHARDS.is_power_of_two());
+/// The capacity from which the cache is split into [`SHARDS`] shards; below it there is one.
+/// Eviction is LRU within a shard, so a split cache is only approximately LRU. From 4096 on each
+/// shard holds at least 256 entries, and the entry a full split cache evicts (the oldest of a
+/// random sixteenth) is on average the 16th least recent of 4096 or more, and among the oldest
+/// 2% with 99% probability. Below it a split would hold a handful per shard (2 at capacity 32),
+/// so an active session could be evicted while older ones survive in other shards. A cache that
+/// small serves at most a few thousand sessions, and a lock held for one table lookup and a copy
+/// of a few hundred bytes is not where such a deployment spends its time: exact LRU is worth
+/// more.
+const SHARD_FROM: usize = 4096;
 /// Bytes of the config generation at the start of every key.
 const GENERATION_BYTES: usize = 8;
 /// Separator between the key's fields; header values cannot contain it.
@@ -181,11 +194,10 @@ impl Credentials {
         }
     }
 
-    /// Whether there is nothing to purge by. A sign-out is a browser session's: without an
-    /// `authentik_proxy_*` cookie nothing is purged, so a request with only an `Authorization`
-    /// header (or none) cannot make every sign-out URL walk the whole cache.
+    /// Whether there is nothing to purge by: no `authentik_proxy_*` cookie and no
+    /// `Authorization` (both are credentials the outpost reads, DESIGN.md section 3).
     pub fn is_empty(&self) -> bool {
-        self.cookies.is_empty()
+        self.cookies.is_empty() && self.authorization.as_ref().is_none_or(|a| a.is_empty())
     }
 }
 
@@ -213,28 +225,50 @@ impl Entry {
 /// The sharded LRU.
 #[derive(Debug)]
 pub struct Cache {
+    /// One shard, or [`SHARDS`] of them.
     shards: Box<[Mutex<LruCache<u64, Entry>>]>,
-    /// Entries each shard keeps before it evicts its least recently used.
+    /// `shards.len() - 1`: a hash's shard is `hash & mask`.
+    mask: usize,
+    /// Entries each shard keeps before it evicts its least recently used: `capacity / shards`,
+    /// plus one in the first [`Cache::remainder`] shards, so the caps sum to the capacity.
     per_shard: usize,
+    /// `capacity % shards`.
+    remainder: usize,
     ttl: Duration,
     /// Expiries are kept as milliseconds since this instant (8 bytes instead of 16 per entry).
     epoch: Instant,
 }
 
 impl Cache {
-    /// A cache of `capacity` entries whose entries live at most `ttl` (zero: disabled). The
-    /// shards' tables grow with their entries instead of being sized for `capacity` up front, so
-    /// a generous capacity costs nothing until it is used.
+    /// A cache of at most `capacity` entries whose entries live at most `ttl` (zero: disabled).
+    /// One shard (exact LRU) below 4096 entries, else 16. The configuration rejects a capacity
+    /// of 0 (`cache.capacity` is 1 or more); a 0 here is taken as 1, as the cache is turned off
+    /// by a zero `ttl` only. The shards' tables grow with their entries instead of being sized
+    /// for `capacity` up front, so a generous capacity costs nothing until it is used.
     pub fn new(capacity: usize, ttl: Duration) -> Cache {
-        let shards = (0..SHARDS)
+        let capacity = capacity.max(1);
+        let count = if capacity < SHARD_FROM { 1 } else { SHARDS };
+        let shards = (0..count)
             .map(|_| Mutex::new(LruCache::unbounded()))
             .collect();
         Cache {
             shards,
-            per_shard: capacity.div_ceil(SHARDS).max(1),
+            mask: count - 1,
+            per_shard: capacity / count,
+            remainder: capacity % count,
             ttl,
             epoch: Instant::now(),
         }
+    }
+
+    /// The index of `hash`'s shard.
+    fn index(&self, hash: u64) -> usize {
+        (hash as usize) & self.mask
+    }
+
+    /// The most entries shard `index` keeps.
+    fn cap(&self, index: usize) -> usize {
+        self.per_shard + usize::from(index < self.remainder)
     }
 
     /// Milliseconds from the cache's epoch to `at`, rounded up so an entry never outlives its TTL
@@ -250,7 +284,7 @@ impl Cache {
     }
 
     fn shard(&self, hash: u64) -> &Mutex<LruCache<u64, Entry>> {
-        &self.shards[(hash as usize) % SHARDS]
+        &self.shards[self.index(hash)]
     }
 
     /// Looks a key up; a hit is a live entry whose full key bytes equal `key`'s.
@@ -291,9 +325,11 @@ impl Cache {
             key_len,
             expires: self.millis(now + ttl),
         };
-        if let Ok(mut shard) = self.shard(key.hash).lock() {
+        let index = self.index(key.hash);
+        let cap = self.cap(index);
+        if let Ok(mut shard) = self.shards[index].lock() {
             shard.put(key.hash, entry);
-            while shard.len() > self.per_shard {
+            while shard.len() > cap {
                 shard.pop_lru();
             }
             return true;
@@ -501,13 +537,72 @@ mod tests {
     #[test]
     fn capacity_evicts_least_recently_used() {
         let s = RandomState::new();
-        let cache = Cache::new(SHARDS, Duration::from_secs(10)); // one entry per shard
+        let cache = Cache::new(SHARDS, Duration::from_secs(10)); // one shard of 16
         let now = Instant::now();
         for i in 0..200 {
             let k = key(&format!("authentik_proxy_a={i}"), "app", &s).unwrap();
             cache.insert(&k, &identity("u"), now);
         }
         assert!(cache.len() <= SHARDS);
+    }
+
+    #[test]
+    fn total_entries_never_exceed_the_capacity() {
+        let s = RandomState::new();
+        let now = Instant::now();
+        for capacity in [1, 2, 15, 16, 17, 4095, 4096, 4099, 100_000] {
+            let cache = Cache::new(capacity, Duration::from_secs(10));
+            for i in 0..2 * capacity {
+                let k = key(&format!("authentik_proxy_a={i}"), "app", &s).unwrap();
+                assert!(cache.insert(&k, &identity("u"), now));
+                let held = cache.len();
+                assert!(held <= capacity, "capacity {capacity}: {held} entries held");
+            }
+            // Distinct keys (a shared 64-bit hash among them is all but impossible) fill it up.
+            assert_eq!(cache.len(), capacity, "capacity {capacity}");
+        }
+    }
+
+    #[test]
+    fn shard_caps_sum_to_the_capacity_and_small_caches_have_one_shard() {
+        for capacity in [1, 2, 17, 4095, 4096, 4097, 4111, 100_000, 100_015] {
+            let cache = Cache::new(capacity, Duration::from_secs(10));
+            let caps: Vec<usize> = (0..cache.shards.len()).map(|i| cache.cap(i)).collect();
+            assert_eq!(caps.iter().sum::<usize>(), capacity, "{capacity}: {caps:?}");
+            assert_eq!(cache.shards.len() == 1, capacity < SHARD_FROM, "{capacity}");
+            assert!(caps.windows(2).all(|w| w[0] >= w[1] && w[0] - w[1] <= 1));
+        }
+        // 0 is rejected by the configuration; built directly it is one entry.
+        assert_eq!(Cache::new(0, Duration::from_secs(10)).cap(0), 1);
+    }
+
+    #[test]
+    fn small_cache_evicts_the_least_recently_used_across_all_keys() {
+        let s = RandomState::new();
+        let cache = Cache::new(3, Duration::from_secs(10));
+        let now = Instant::now();
+        let k: Vec<CacheKey> = (0..6)
+            .map(|i| key(&format!("authentik_proxy_a={i}"), "app", &s).unwrap())
+            .collect();
+        for k in &k[..3] {
+            cache.insert(k, &identity("u"), now);
+        }
+        // Touch the oldest: it becomes the most recent, so the next insert evicts k[1].
+        assert_eq!(cache.get(&k[0], now).0, Lookup::Hit);
+        cache.insert(&k[3], &identity("u"), now);
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.get(&k[1], now).0, Lookup::Miss, "k1 was the LRU");
+        for kept in [&k[0], &k[2], &k[3]] {
+            assert_eq!(cache.get(kept, now).0, Lookup::Hit);
+        }
+        // Recency is now k0, k2, k3 (the order of the gets): two inserts evict k0 and k2.
+        cache.insert(&k[4], &identity("u"), now);
+        cache.insert(&k[5], &identity("u"), now);
+        assert_eq!(cache.get(&k[0], now).0, Lookup::Miss);
+        assert_eq!(cache.get(&k[2], now).0, Lookup::Miss);
+        for kept in [&k[3], &k[4], &k[5]] {
+            assert_eq!(cache.get(kept, now).0, Lookup::Hit);
+        }
     }
 
     #[test]

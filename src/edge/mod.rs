@@ -8,8 +8,10 @@
 //! 1. `/outpost.goauthentik.io/*` on any host goes to the outpost (the auth tier's passthrough),
 //!    before any route, so login callbacks work on every application host.
 //! 2. The route is found by that host, port and case ignored; none: 404.
-//! 3. The client's `X-authentik-*` family (any spelling), `X-Auth-Fallback`, `Forwarded`,
-//!    `X-Original-*` and every `X-Forwarded-*` are removed, on every path (security rules 2, 3).
+//! 3. The client's hop-by-hop fields and every name its `Connection` lists are removed first
+//!    (the upgrade intent noted), so a listed name can never delete what the proxy sets later;
+//!    then its `X-authentik-*` family (any spelling), `X-Auth-Fallback`, `Forwarded`,
+//!    `X-Original-*` and every `X-Forwarded-*`, on every path (security rules 2, 3, 4).
 //! 4. `auth = "none"`, or `local-or-auth` from a listed network: proxied without identity
 //!    (decision `passthrough`). Otherwise the forward-auth pipeline runs as for Traefik; a 2xx
 //!    copies its `X-authentik-*` (and `X-Auth-Fallback`, `Authorization` if present) onto the
@@ -223,8 +225,14 @@ async fn routed(
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Answer {
+    // The upgrade intent is read before the client's hop-by-hop fields go; the backend request
+    // asks for it again itself.
     let upgrade = upgrade_protocol(req.headers()).map(|p| (p, hyper::upgrade::on(&mut req)));
     let (mut parts, body) = req.into_parts();
+    // The client's hop-by-hop fields, the names its `Connection` lists included, end here, before
+    // anything is decided or set: listing `X-Auth-Fallback` or an identity header there must not
+    // delete what the proxy adds below (GHSA-62c8-mh53-4cqv; security rule 4).
+    headers::strip_hop_by_hop(&mut parts.headers);
     // From here on the host is the configured one: the outpost builds its redirects from it
     // and the backend its links (security rule 7).
     let host = forwarded_host(route, port);
@@ -315,8 +323,9 @@ fn apply_identity(h: &mut HeaderMap, answer: &HeaderMap, decision: Decision) {
     }
 }
 
-/// The request towards the backend: absolute URI, hop-by-hop removed (the upgrade kept when
-/// asked), `Host` and `X-Forwarded-Host` set to `host`, `X-Forwarded-*` generated, HTTP/1.1.
+/// The request towards the backend: absolute URI, the fixed hop-by-hop fields removed (never a
+/// name the client listed in `Connection`; the upgrade kept when asked), `Host` and
+/// `X-Forwarded-Host` set to `host`, `X-Forwarded-*` generated, HTTP/1.1.
 fn backend_request(
     route: &Route,
     host: HeaderValue,
@@ -337,7 +346,16 @@ fn backend_request(
     );
     parts.uri = Uri::from_parts(uri).unwrap_or_else(|_| Uri::from_static("/"));
     let h = &mut parts.headers;
-    headers::strip_hop_by_hop(h);
+    // Only the fixed list: the client's `Connection` was applied (and removed) in `routed`, and
+    // the names it listed may since have been set by the proxy itself.
+    let hop: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| headers::is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in hop {
+        h.remove(name);
+    }
     join_cookies(h);
     if let Some(protocol) = upgrade {
         h.insert(CONNECTION, UPGRADE_TOKEN);
