@@ -144,7 +144,11 @@ where
         let this = self.get_mut();
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.waiting = false;
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            let frame = frame.map(|f| f.map_err(Into::into));
+            if let Some(Err(err)) = &frame {
+                tracing::warn!(error = %err, "streamed body broke off");
+            }
+            return Poll::Ready(frame);
         }
         let deadline = Instant::now() + this.idle;
         let timer = match &mut this.timer {
@@ -160,7 +164,10 @@ where
         };
         this.waiting = true;
         match timer.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Idle(this.idle)))),
+            Poll::Ready(()) => {
+                tracing::warn!(idle = ?this.idle, "streamed body stalled: no data within the idle timeout");
+                Poll::Ready(Some(Err(BodyError::Idle(this.idle))))
+            }
             Poll::Pending => Poll::Pending,
         }
     }

@@ -33,6 +33,23 @@ pub fn check_files(config: &Config, source: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// What `check` reports without failing, in the same `CONFIG:LINE: KEY: ...` form: an htpasswd
+/// file that does not exist (`serve` starts, and the realm denies everyone until it appears).
+pub fn file_warnings(config: &Config, source: &Path) -> Vec<String> {
+    let ht = &config.fallback.htpasswd_file;
+    if !config.fallback.enabled || ht.exists() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(source).unwrap_or_default();
+    let key = "fallback.htpasswd_file";
+    let line = crate::config::key_line(&text, key).unwrap_or(1);
+    vec![format!(
+        "{}:{line}: {key}: warning: {} does not exist: every emergency login is denied until it appears",
+        source.display(),
+        ht.display()
+    )]
+}
+
 /// The htpasswd file's problem, naming the file and, for a bad entry, its line.
 fn check_htpasswd(config: &Config) -> Result<(), String> {
     use crate::auth::htpasswd::HtpasswdError;

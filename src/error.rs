@@ -24,9 +24,12 @@ pub enum ProxyError {
     /// Too many failed emergency logins for this user or address.
     #[error("too many failed fallback attempts; retry after {0:?}")]
     FallbackLimited(Duration),
-    /// A passthrough request could not reach the outpost.
-    #[error("outpost unreachable for passthrough ({})", .0.as_str())]
+    /// A passthrough request could not reach the outpost, or the exchange with it failed.
+    #[error("outpost passthrough failed ({})", .0.as_str())]
     PassthroughFailed(Failure),
+    /// A passthrough request's own body was malformed or stalled.
+    #[error("request body malformed or stalled")]
+    BadRequestBody,
     /// A path with dot-segments or encoded slashes under the outpost prefix; in edge mode, a
     /// path with (encoded) dot-segments or backslashes anywhere.
     #[error("ambiguous path")]
@@ -58,7 +61,9 @@ impl ProxyError {
             ProxyError::PassthroughFailed(Failure::Timeout) => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PassthroughFailed(Failure::CircuitOpen) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::PassthroughFailed(_) => StatusCode::BAD_GATEWAY,
-            ProxyError::BadPath | ProxyError::BadHost => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath | ProxyError::BadHost | ProxyError::BadRequestBody => {
+                StatusCode::BAD_REQUEST
+            }
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BackendUnavailable => StatusCode::BAD_GATEWAY,

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve { config } => serve(config),
         Command::Check { config } => match load(&config) {
-            Ok(_) => {
+            Ok(loaded) => {
+                for warning in portcullis::cli::file_warnings(&loaded, &config) {
+                    eprintln!("{warning}");
+                }
                 eprintln!("{}: ok", config.display());
                 ExitCode::SUCCESS
             }

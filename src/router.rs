@@ -63,6 +63,16 @@ pub fn route(path: &str) -> Route {
     }
 }
 
+/// The metrics endpoint of a main-listener path: a check's, or `outpost` for anything else
+/// under the prefix; `None` for `/healthz` and unknown paths (not counted).
+pub fn endpoint(path: &str) -> Option<Endpoint> {
+    match route(path) {
+        Route::Check(endpoint) => Some(endpoint),
+        Route::Passthrough | Route::BadPath => Some(Endpoint::Outpost),
+        Route::Health | Route::NotFound => None,
+    }
+}
+
 /// Dot-segments (RFC 3986 section 5.2.4), encoded dots or slashes, backslashes or empty
 /// segments: anything a server further on might normalise differently.
 fn is_ambiguous(rest: &str) -> bool {
@@ -93,6 +103,21 @@ pub async fn handle(
 ) -> Response<Body> {
     let started = Instant::now();
     let route = route(req.uri().path());
+    // Two Host lines name two hosts: refused, as RFC 9112 section 3.2 requires.
+    if req
+        .headers()
+        .get_all(http::header::HOST)
+        .iter()
+        .nth(1)
+        .is_some()
+    {
+        let endpoint = endpoint(req.uri().path());
+        let answer = refused(ProxyError::BadHost);
+        return match endpoint {
+            Some(endpoint) => finish(&app, endpoint, answer, started, peer, None),
+            None => answer.response,
+        };
+    }
     let (endpoint, answer) = match route {
         Route::Check(endpoint) => {
             let (parts, _body) = req.into_parts();

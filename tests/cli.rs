@@ -408,3 +408,36 @@ fn serve_with_a_valid_file_binds_and_answers_healthz() {
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
     drop(guard);
 }
+
+#[test]
+fn check_warns_about_a_missing_htpasswd_file_and_refuses_an_unusable_outpost_port() {
+    let dir = temp_dir("cli-warn");
+    let file = valid_config(&dir, free_port(), free_port());
+    let ht = htpasswd(&dir);
+    std::fs::remove_file(&ht).unwrap();
+    let out = run(&["check", "--config", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 2, "{lines:#?}");
+    assert!(
+        lines[0].starts_with(&format!("{}:", file.display()))
+            && lines[0].contains(": fallback.htpasswd_file: warning: ")
+            && lines[0].contains(&ht.display().to_string()),
+        "{lines:#?}"
+    );
+    assert!(lines[1].ends_with(": ok"), "{lines:#?}");
+
+    let text = std::fs::read_to_string(&file)
+        .unwrap()
+        .replace("http://127.0.0.1:9\"", "http://127.0.0.1:99999\"");
+    std::fs::write(&file, text).unwrap();
+    let out = run(&["check", "--config", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    let lines = stderr_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(": outpost.url: port \"99999\" is not a TCP port")),
+        "{lines:#?}"
+    );
+}

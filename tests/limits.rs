@@ -92,6 +92,14 @@ async fn a_head_beyond_max_header_bytes_gets_431() {
         0,
         "an oversized head never reaches the outpost"
     );
+    // The refusal the proxy answers itself is counted against its endpoint (hyper's own, for
+    // the 1 MiB head, is only logged: no route was read).
+    let text = scrape(h.admin).await;
+    let errors = [("endpoint", "traefik"), ("decision", "error")];
+    assert_eq!(
+        metric(&text, "portcullis_requests_total", &errors),
+        Some(1.0)
+    );
     // The listener still serves the next caller.
     assert_eq!(get(&h.url("/healthz"), &[]).await.status, 200);
 }
@@ -183,4 +191,31 @@ async fn a_client_sending_its_head_in_time_is_not_cut_off() {
         "{:?}",
         String::from_utf8_lossy(&buf)
     );
+}
+
+#[tokio::test]
+async fn two_host_lines_are_refused_with_400_before_the_outpost() {
+    let h = start(|_| {}).await;
+    let request = format!(
+        "GET {TRAEFIK} HTTP/1.1\r\nHost: app.example\r\nHost: evil.example\r\nConnection: close\r\n\r\n"
+    );
+    let reply = raw_exchange(h.proxy, request.as_bytes()).await;
+    assert!(status_line(&reply).starts_with("HTTP/1.1 400"), "{reply:?}");
+    assert_eq!(h.outpost.stats().auth_requests, 0);
+}
+
+#[tokio::test]
+async fn a_broken_chunked_body_on_passthrough_is_the_clients_400_not_the_outposts_502() {
+    let h = start(|_| {}).await;
+    let request = "POST /outpost.goauthentik.io/callback HTTP/1.1\r\nHost: app.example\r\n\
+                   Transfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n";
+    let reply = raw_exchange(h.proxy, request.as_bytes()).await;
+    let line = status_line(&reply);
+    assert!(line.starts_with("HTTP/1.1 400"), "{line:?}");
+    assert!(
+        String::from_utf8_lossy(&reply).contains("request body malformed or stalled"),
+        "{reply:?}"
+    );
+    // The outpost is up and was never blamed: the breaker stays closed.
+    assert!(!h.app.runtime().breaker.is_open());
 }

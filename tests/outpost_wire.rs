@@ -294,3 +294,19 @@ async fn an_answer_cut_short_is_an_outage_and_body_bounds_hold() {
     // A body over the auth leg's bound breaks the protocol: closed, not the realm.
     assert_failed_closed(&check(&h).await);
 }
+
+#[tokio::test]
+async fn passthrough_answer_with_length_and_chunks_is_relayed_by_its_chunks_alone() {
+    // RFC 9112 section 6.3: Transfer-Encoding overrides Content-Length, and a proxy relaying
+    // such an answer must drop the Content-Length (else the client reads 5 bytes of chunk text).
+    let outpost = scripted(vec![Step::Write(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n\
+          b\r\nhello world\r\n0\r\n\r\n",
+    )])
+    .await;
+    let h = proxy_for(&outpost).await;
+    let r = get(&h.url("/outpost.goauthentik.io/static/app.js"), &[]).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(&r.body[..], b"hello world");
+    assert_ne!(r.header("content-length"), Some("5"));
+}

@@ -214,8 +214,14 @@ pub async fn exchange(client: &OutpostClient, head: &[u8], timeout: Duration) ->
     match answer {
         Ok(Ok(answer)) => classify(&answer),
         Ok(Err(PoolError::Refused(_))) => Outcome::Unavailable(Failure::Refused),
-        Ok(Err(PoolError::Connect(_))) => Outcome::Unavailable(Failure::Connect),
-        Ok(Err(PoolError::Exchange(_))) => Outcome::Unavailable(Failure::Exchange),
+        Ok(Err(PoolError::Connect(io))) => {
+            tracing::warn!(error = %io, "cannot connect to the outpost");
+            Outcome::Unavailable(Failure::Connect)
+        }
+        Ok(Err(PoolError::Exchange(io))) => {
+            tracing::warn!(error = %io, "outpost connection broke during the exchange");
+            Outcome::Unavailable(Failure::Exchange)
+        }
         Ok(Err(PoolError::Protocol(err))) => {
             tracing::warn!(error = %err, "outpost answer refused");
             Outcome::Unavailable(Failure::Protocol)

@@ -202,6 +202,16 @@ fn url_problem(text: &str) -> Result<http::Uri, String> {
     if uri.host().is_none_or(str::is_empty) {
         return Err("must have a host".to_owned());
     }
+    // A port, when written, is one a socket can use (`:0`, `:99999` or an empty `:` parse as
+    // URLs but could never connect: every check would fail over to the emergency realm).
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        if !matches!(port.parse::<u16>(), Ok(1..)) {
+            return Err(format!("port \"{port}\" is not a TCP port (1-65535)"));
+        }
+    }
     if !matches!(uri.path(), "" | "/") {
         return Err("must not have a path (only \"/\")".to_owned());
     }

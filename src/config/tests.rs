@@ -272,6 +272,16 @@ fn outpost_url_rules() {
             "http://user:pw@a:9000",
             "must not contain user info (secrets are never inline)",
         ),
+        (
+            "http://a:99999",
+            "port \"99999\" is not a TCP port (1-65535)",
+        ),
+        ("http://a:0", "port \"0\" is not a TCP port (1-65535)"),
+        ("http://a:", "port \"\" is not a TCP port (1-65535)"),
+        (
+            "http://[::1]:65536",
+            "port \"65536\" is not a TCP port (1-65535)",
+        ),
     ];
     for (url, problem) in cases {
         let text = format!("[outpost]\nurl = \"{url}\"\n");
@@ -288,6 +298,8 @@ fn outpost_url_rules() {
     let c = Config::from_toml("[outpost]\nurl = \"http://outpost/\"\n", "f").unwrap();
     assert_eq!(c.outpost.url.host(), Some("outpost"));
     assert_eq!(c.outpost.url.port_u16(), None);
+    let c = Config::from_toml("[outpost]\nurl = \"http://[::1]:65535\"\n", "f").unwrap();
+    assert_eq!(c.outpost.url.port_u16(), Some(65535));
 }
 
 #[test]

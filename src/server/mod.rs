@@ -29,6 +29,7 @@ use self::tls::{EdgeCerts, TlsError};
 use crate::admin;
 use crate::app::App;
 use crate::config::EdgeConfig;
+use crate::metrics::{Decision, Endpoint};
 use crate::{edge, router};
 
 /// The two bound listeners.
@@ -284,26 +285,30 @@ async fn tls_connection(
     let service = service_fn(move |req| {
         let app = app.clone();
         async move {
-            if head_len(&req) > max_head {
-                return Ok::<_, Infallible>(crate::error::ProxyError::HeadTooLarge.response());
+            if let Some(refused) = head_too_large(&app, &req, max_head, peer, Some(Endpoint::Edge))
+            {
+                return Ok::<_, Infallible>(refused);
             }
             Ok::<_, Infallible>(edge::handle(app, req, peer).await)
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
     let shutdown = |c: Pin<&mut _>| auto::UpgradeableConnection::graceful_shutdown(c);
-    serve_until_stopped(conn, shutdown, conns, peer, "edge connection").await;
+    serve_until_stopped(conn, shutdown, conns, peer, "edge connection", boxed_hyper).await;
 }
 
 /// Drives `conn` until it ends, or until the stop signal asks it (through `shutdown`) to finish
-/// the request in flight and close (no new keepalive requests); logs an error end at debug.
-/// The liveness token in `conns` is held until then, so a drain waits for this connection.
+/// the request in flight and close (no new keepalive requests). An end by a refused request
+/// head is logged with its cause (`hyper_error` finds hyper's error in `E`); other error ends
+/// (a client gone, an idle keepalive timed out) at debug. The liveness token in `conns` is
+/// held until then, so a drain waits for this connection.
 async fn serve_until_stopped<C, E>(
     conn: C,
     shutdown: impl FnOnce(Pin<&mut C>),
     conns: Connections,
     peer: SocketAddr,
     what: &'static str,
+    hyper_error: fn(&E) -> Option<&hyper::Error>,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
@@ -318,9 +323,30 @@ async fn serve_until_stopped<C, E>(
         }
     };
     if let Err(err) = result {
-        tracing::debug!(error = %err, %peer, "{what} ended with an error");
+        match hyper_error(&err) {
+            Some(e) if e.is_parse_too_large() => tracing::warn!(
+                error = %err,
+                %peer,
+                "request head too large (answered 431): see server.max_header_bytes"
+            ),
+            Some(e) if e.is_parse() => {
+                tracing::info!(error = %err, %peer, "malformed request refused (answered 400)")
+            }
+            _ => tracing::debug!(error = %err, %peer, "{what} ended with an error"),
+        }
     }
     drop(alive);
+}
+
+fn as_hyper(e: &hyper::Error) -> Option<&hyper::Error> {
+    Some(e)
+}
+
+/// hyper's error inside the auto (HTTP/1.1 + HTTP/2) connection's boxed one. The `&Box` is the
+/// connection's error type as `serve_until_stopped` passes it.
+#[allow(clippy::borrowed_box)]
+fn boxed_hyper(e: &Box<dyn std::error::Error + Send + Sync>) -> Option<&hyper::Error> {
+    e.downcast_ref()
 }
 
 /// Resolves once the stop flag is set (or its sender is gone).
@@ -354,8 +380,12 @@ async fn connection(
     let service = service_fn(move |req| {
         let app = app.clone();
         async move {
-            if head_len(&req) > max_head {
-                return Ok::<_, Infallible>(crate::error::ProxyError::HeadTooLarge.response());
+            let endpoint = match kind {
+                Kind::Main => router::endpoint(req.uri().path()),
+                Kind::Admin | Kind::Redirect(_) => None,
+            };
+            if let Some(refused) = head_too_large(&app, &req, max_head, peer, endpoint) {
+                return Ok::<_, Infallible>(refused);
             }
             Ok::<_, Infallible>(match kind {
                 Kind::Main => router::handle(app, req, peer, false).await,
@@ -366,7 +396,33 @@ async fn connection(
     });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     let shutdown = |c: Pin<&mut _>| http1::Connection::graceful_shutdown(c);
-    serve_until_stopped(conn, shutdown, conns, peer, "connection").await;
+    serve_until_stopped(conn, shutdown, conns, peer, "connection", as_hyper).await;
+}
+
+/// The 431 for a head over `server.max_header_bytes`, logged and counted (as an `error` of
+/// `endpoint`, when it has one) so an operator sees the refusals.
+fn head_too_large(
+    app: &App,
+    req: &http::Request<hyper::body::Incoming>,
+    max_head: usize,
+    peer: SocketAddr,
+    endpoint: Option<Endpoint>,
+) -> Option<http::Response<crate::body::Body>> {
+    let bytes = head_len(req);
+    if bytes <= max_head {
+        return None;
+    }
+    tracing::warn!(
+        %peer,
+        bytes,
+        limit = max_head,
+        path = req.uri().path(),
+        "request head over server.max_header_bytes (answered 431)"
+    );
+    if let Some(endpoint) = endpoint {
+        app.metrics.request(endpoint, Decision::Error, 0.0);
+    }
+    Some(crate::error::ProxyError::HeadTooLarge.response())
 }
 
 /// The size of a request head as sent on the wire (request line, header lines, blank line).

@@ -72,6 +72,9 @@ pub enum ClientError {
     /// The connection broke during the exchange.
     #[error("outpost exchange failed")]
     Exchange(#[source] hyper_util::client::legacy::Error),
+    /// The request's own body (the client's) broke or stalled while it was sent.
+    #[error("request body failed")]
+    RequestBody(#[source] hyper_util::client::legacy::Error),
 }
 
 impl OutpostClient {
@@ -146,6 +149,15 @@ impl OutpostClient {
 
 fn classify(err: hyper_util::client::legacy::Error) -> ClientError {
     if !err.is_connect() {
+        // The client's body failing (a bad chunk, a stall) is the caller's fault, not the
+        // outpost's: hyper keeps the body's own error in the chain.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = source {
+            if e.downcast_ref::<crate::body::BodyError>().is_some() {
+                return ClientError::RequestBody(err);
+            }
+            source = e.source();
+        }
         return ClientError::Exchange(err);
     }
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);

@@ -41,10 +41,22 @@ pub async fn forward(
         Ok(Err(ClientError::Connect(_))) => {
             return Err(ProxyError::PassthroughFailed(Failure::Connect))
         }
-        Ok(Err(_)) => return Err(ProxyError::PassthroughFailed(Failure::Exchange)),
+        Ok(Err(ClientError::RequestBody(err))) => {
+            tracing::warn!(error = %chain(&err), "passthrough request body broke or stalled");
+            return Err(ProxyError::BadRequestBody);
+        }
+        Ok(Err(ClientError::Exchange(err))) => {
+            tracing::warn!(error = %chain(&err), "passthrough exchange with the outpost failed");
+            return Err(ProxyError::PassthroughFailed(Failure::Exchange));
+        }
         Ok(Ok(resp)) => resp,
     };
     let (mut parts, body) = resp.into_parts();
+    // A framed-by-chunks answer's Content-Length is meaningless and must not travel on
+    // (RFC 9112 section 6.3): it would contradict the framing hyper gives the relayed body.
+    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        parts.headers.remove(http::header::CONTENT_LENGTH);
+    }
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
@@ -95,5 +107,17 @@ fn build(
     h.insert(X_FORWARDED_METHOD, method);
     h.insert(X_FORWARDED_FOR, xff);
     parts.version = http::Version::HTTP_11;
-    http::Request::from_parts(parts, Body::Stream(body))
+    // The client's body streams under the same idle deadline as the answer (security rule 6).
+    http::Request::from_parts(parts, Body::watched(body, crate::body::STREAM_IDLE_TIMEOUT))
+}
+
+/// An error with its causes, `a: b: c`, for one log line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
 }

@@ -295,9 +295,17 @@ impl Realm {
     /// forgets every remembered credential. Returns whether anything changed.
     ///
     /// On error the previous users stay in force and the problem is logged (once per distinct
-    /// problem, so the watcher does not repeat it every second).
+    /// problem, so the watcher does not repeat it every second); except when the file is gone:
+    /// removing it revokes every emergency login, as a file missing at start-up denies them.
+    /// (Secret renderers replace files by rename, which never leaves the path missing.)
     pub fn reload(&self) -> Result<bool, HtpasswdError> {
         let result = self.read_and_apply();
+        if let Err(HtpasswdError::Io { source, .. }) = &result {
+            if source.kind() == std::io::ErrorKind::NotFound {
+                self.revoke_all();
+                return result;
+            }
+        }
         match &result {
             Ok(changed) => {
                 let recovered = lock(&self.file).last_problem.take().is_some();
@@ -330,6 +338,24 @@ impl Realm {
             );
             file.last_problem = Some(problem);
         }
+    }
+
+    /// The file is gone: no user, nothing remembered; logged once until it reappears.
+    fn revoke_all(&self) {
+        let mut file = lock(&self.file);
+        if file.last_problem.as_deref() == Some("missing") {
+            return;
+        }
+        let mut memory = lock(&self.memory);
+        self.users.store(Arc::new(Htpasswd::default()));
+        memory.generation = memory.generation.wrapping_add(1);
+        memory.entries.clear();
+        file.applied = None;
+        file.last_problem = Some("missing".to_owned());
+        tracing::error!(
+            path = %self.path.display(),
+            "htpasswd file removed: every emergency login is denied until it reappears"
+        );
     }
 
     fn read_and_apply(&self) -> Result<bool, HtpasswdError> {

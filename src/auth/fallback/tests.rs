@@ -331,7 +331,7 @@ async fn reload_rotates_the_password_and_forgets_remembered_ones() {
 }
 
 #[tokio::test]
-async fn broken_or_vanished_file_keeps_the_previous_users() {
+async fn broken_file_keeps_the_previous_users_but_a_removed_one_revokes_them_all() {
     let (realm, path) = realm_with(TTL);
     let broken = format!("{}alice-without-a-hash\n", bcrypt_line("bob", "x"));
     std::fs::write(&path, broken).expect("write");
@@ -345,9 +345,17 @@ async fn broken_or_vanished_file_keeps_the_previous_users() {
     );
     std::fs::remove_file(&path).expect("remove");
     assert!(matches!(realm.reload(), Err(HtpasswdError::Io { .. })));
-    assert_eq!(realm.users(), 1);
+    assert_eq!(realm.users(), 0);
+    assert_eq!(realm.remembered_credentials(), 0);
     assert_eq!(
         attempt(&realm, "alice", "right", ip(1)).await,
+        Verdict::Deny,
+        "a removed htpasswd file must revoke remembered logins too"
+    );
+    std::fs::write(&path, bcrypt_line("alice", "back")).expect("write");
+    assert!(realm.reload().expect("reload"));
+    assert_eq!(
+        attempt(&realm, "alice", "back", ip(2)).await,
         allow("alice")
     );
 }
