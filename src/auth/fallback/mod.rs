@@ -235,6 +235,9 @@ impl Realm {
             return Verdict::Deny;
         };
         lock(&self.limiter).refund(Some(&key), address);
+        // The audit line of emergency access: once per verification (then it is remembered for
+        // `verified_ttl`), not once per request.
+        tracing::warn!(user = %name, %client, "emergency login verified against the htpasswd file");
         self.remember(&name, mac, generation);
         Verdict::Allow { user: name }
     }
