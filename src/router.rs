@@ -136,7 +136,7 @@ pub async fn handle(
                 .await,
             )
         }
-        Route::Passthrough => (Endpoint::Outpost, pass(&app, req, peer, tls).await),
+        Route::Passthrough => (Endpoint::Outpost, pass(&app, req, peer, tls, true).await),
         Route::Health => return health(),
         Route::BadPath => (Endpoint::Outpost, refused(ProxyError::BadPath)),
         Route::NotFound => return ProxyError::NotFound.response(),
@@ -171,7 +171,16 @@ pub(crate) fn finish(
 
 /// Passes one request to the outpost (edge mode uses it for `/outpost.goauthentik.io/*` on
 /// every host).
-pub(crate) async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Answer {
+///
+/// `trust_forwarded`: whether a trusted peer's `X-Forwarded-*` are believed (the auth tier) or
+/// all are generated here (the edge).
+pub(crate) async fn pass(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+    trust_forwarded: bool,
+) -> Answer {
     let rt = app.runtime();
     let (parts, body) = req.into_parts();
     if parts.uri.path() == "/outpost.goauthentik.io/sign_out" {
@@ -180,7 +189,12 @@ pub(crate) async fn pass(app: &App, req: Request<Incoming>, peer: SocketAddr, tl
         rt.cache.purge(&auth::cache::Credentials::of(&caller));
     }
     let started = Instant::now();
-    let result = passthrough::forward(&rt, parts, body, peer.ip(), tls).await;
+    let trusted: &[ipnet::IpNet] = if trust_forwarded {
+        &rt.config.server.trusted_proxies
+    } else {
+        &[]
+    };
+    let result = passthrough::forward(&rt, parts, body, peer.ip(), tls, trusted).await;
     let outpost_seconds = Some(started.elapsed().as_secs_f64());
     match result {
         Ok(response) => Answer {

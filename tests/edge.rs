@@ -975,3 +975,137 @@ async fn websocket_upgrade_on_an_auth_route_keeps_identity_listed_in_connection(
         .unwrap();
     assert_eq!(&buf, b"ping");
 }
+
+#[tokio::test]
+async fn only_websocket_upgrades_are_tunnelled_never_h2c() {
+    let edge = start().await;
+    let cookie = edge.session_cookie();
+    let r = edge
+        .get(
+            "app.example",
+            "/h2c",
+            &[
+                ("cookie", cookie.as_str()),
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+            ],
+        )
+        .await;
+    // An h2c tunnel would carry requests the proxy never sees (so never strips): the request
+    // goes on as a plain one, without the upgrade.
+    assert_ne!(r.status, StatusCode::SWITCHING_PROTOCOLS, "{r:?}");
+    let seen = edge.backend.last();
+    assert_eq!(header(&seen, "upgrade"), None);
+    assert_eq!(header(&seen, "http2-settings"), None);
+    assert_eq!(header(&seen, "x-authentik-username"), Some("akadmin"));
+}
+
+#[tokio::test]
+async fn path_parameter_and_blank_dot_segments_are_refused_like_plain_ones() {
+    let edge = start().await;
+    // Tomcat and Spring resolve `..;` as `..`: `/public/..;/admin` passed the outpost as its
+    // `/public` skip path and was served as `/admin`.
+    for path in [
+        "/public/..;/admin",
+        "/public/..%3b/admin",
+        "/public/..;x=1/admin",
+        "/public/.;/admin",
+        "/public/%2e%2e;/admin",
+        "/public/..%00/admin",
+        "/public/..%20/admin",
+    ] {
+        let r = edge.get("app.example", path, &[]).await;
+        assert_eq!(r.status, 400, "{path}: {r:?}");
+    }
+    edge.assert_nothing_reached();
+}
+
+#[tokio::test]
+async fn outpost_paths_need_a_configured_host_and_see_only_generated_forwarding() {
+    let edge =
+        start_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    // An unknown host is a 404 here as on any other path: the outpost would build its login
+    // redirect from it.
+    let r = edge
+        .get(
+            "app.example",
+            "/outpost.goauthentik.io/start?rd=/",
+            &[("host", "evil.example")],
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    assert!(edge.outpost.requests().is_empty());
+    // A configured host, typed in capitals, from a peer that is a trusted proxy in auth-tier
+    // terms: the outpost sees the configured host and this proxy's forwarding, nothing claimed.
+    let r = edge
+        .get(
+            "app.example",
+            "/outpost.goauthentik.io/start?rd=/",
+            &[
+                ("host", "APP.EXAMPLE"),
+                ("x-forwarded-host", "evil.example"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-uri", "/other"),
+                ("x-forwarded-for", "203.0.113.66"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 302, "{r:?}");
+    let seen = edge
+        .outpost
+        .requests()
+        .pop()
+        .expect("the outpost was asked");
+    assert_eq!(seen.headers["host"], "app.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "app.example");
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert!(seen.headers["x-forwarded-uri"]
+        .to_str()
+        .unwrap()
+        .starts_with("/outpost.goauthentik.io/start"));
+}
+
+#[tokio::test]
+async fn fallback_marker_spellings_from_the_client_never_reach_the_backend() {
+    let edge = start().await;
+    let r = edge
+        .get(
+            "open.example",
+            "/",
+            &[
+                ("x-auth_fallback", "true"),
+                ("X.Auth.Fallback", "true"),
+                ("X_AUTH_FALLBACK", "true"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = edge.backend.last();
+    for name in [
+        "x-auth_fallback",
+        "x.auth.fallback",
+        "x_auth_fallback",
+        "x-auth-fallback",
+    ] {
+        assert_eq!(header(&seen, name), None, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn plain_http_redirect_of_an_asterisk_target_goes_to_the_root() {
+    let edge = start().await;
+    let mut s = TcpStream::connect(edge.http).await.unwrap();
+    s.write_all(b"OPTIONS * HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut raw))
+        .await
+        .expect("answered")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let want = format!("location: https://app.example:{}/\r\n", edge.https.port());
+    assert!(text.contains(&want), "{text}");
+}

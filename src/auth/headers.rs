@@ -93,6 +93,19 @@ fn has_family_prefix(name: &str, prefix: &str) -> bool {
         })
 }
 
+/// Any spelling of `X-Auth-Fallback` (`-`, `_`, `.`, any case): backends that fold `_` and `.`
+/// into `-` (CGI, PHP, WSGI) would read them as the marker.
+pub fn is_fallback_marker(name: &str) -> bool {
+    name.len() == X_AUTH_FALLBACK.as_str().len()
+        && name
+            .bytes()
+            .zip(X_AUTH_FALLBACK.as_str().bytes())
+            .all(|(n, m)| {
+                let n = n.to_ascii_lowercase();
+                n == m || (m == b'-' && (n == b'_' || n == b'.'))
+            })
+}
+
 /// Any spelling of the `X-authentik-` family (`-`, `_`, `.`, any case).
 pub fn is_authentik_family(name: &str) -> bool {
     has_family_prefix(name, "x-authentik-")

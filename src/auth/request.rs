@@ -225,15 +225,29 @@ pub fn has_outpost_signature(url: &[u8]) -> bool {
 /// the raw path while a backend may normalise it, so `/public/../admin` could be let through as
 /// `/public` and served as `/admin` (peers.md section 4 item 3): such URLs are refused.
 pub fn has_dot_segments(url: &[u8]) -> bool {
-    let path = url_path(url);
+    path_has_dot_segments(url_path(url))
+}
+
+/// [`has_dot_segments`] of a bare path (no query): a decoded `/` separates segments too, so
+/// `/public/..%2fadmin` counts.
+pub fn path_has_dot_segments(path: &[u8]) -> bool {
     if !path.contains(&b'.') && !path.contains(&b'%') && !path.contains(&b'\\') {
         return false;
     }
     let decoded = percent_decode_lower(path);
-    decoded.contains(&b'\\')
-        || decoded
-            .split(|&b| b == b'/')
-            .any(|seg| seg == b"." || seg == b"..")
+    decoded.contains(&b'\\') || decoded.split(|&b| b == b'/').any(is_dot_segment)
+}
+
+/// Whether one decoded path segment is `.` or `..` to some server: also with path parameters
+/// (`..;x=1`: Tomcat and Spring drop them before resolving) or trailing blanks or NULs
+/// (`..%20`, `..%00`: some servers trim them).
+fn is_dot_segment(segment: &[u8]) -> bool {
+    let name = segment.split(|&b| b == b';').next().unwrap_or(segment);
+    let end = name
+        .iter()
+        .rposition(|&b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0x0b | 0x0c | 0))
+        .map_or(0, |i| i + 1);
+    matches!(&name[..end], b"." | b"..")
 }
 
 /// Whether a forwarded URL is a sign-out: its path is `/outpost.goauthentik.io/sign_out`, or its
@@ -258,7 +272,13 @@ pub fn is_outpost_path(url: &[u8]) -> bool {
 /// The path of a forwarded URL (absolute, or path and query): no scheme, authority, query or
 /// fragment.
 fn url_path(url: &[u8]) -> &[u8] {
-    let path = match url.windows(3).position(|w| w == b"://") {
+    // A path (origin form) is a path even when `://` appears in it (`/go/http://x/../y`).
+    let absolute = url.first() != Some(&b'/');
+    let path = match url
+        .windows(3)
+        .position(|w| w == b"://")
+        .filter(|_| absolute)
+    {
         Some(i) => {
             let rest = &url[i + 3..];
             rest.iter()
@@ -400,6 +420,16 @@ mod tests {
             b"/public\\..\\admin",
             b"/public%5cadmin",
             b"/..",
+            // Path parameters and trailing blanks some servers drop before resolving.
+            b"/public/..;/admin",
+            b"/public/..;x=1/admin",
+            b"/public/.;/admin",
+            b"/public/..%3b/admin",
+            b"/public/%2e%2e;/admin",
+            b"/public/..%00/admin",
+            b"/public/..%20/admin",
+            // `://` inside a path does not make it an absolute URL.
+            b"/public/../admin/http://x/y",
         ] {
             assert!(has_dot_segments(url), "{}", String::from_utf8_lossy(url));
         }
@@ -409,6 +439,9 @@ mod tests {
             b"/group%2Fproject/-/tree",
             b"https://app.example/x?path=../y",
             b"/",
+            b"/a/..x;/b",
+            b"/a/x..;/b",
+            b"/a/...;/b",
         ] {
             assert!(!has_dot_segments(url), "{}", String::from_utf8_lossy(url));
         }

@@ -90,8 +90,13 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         _ if path::is_ambiguous(req.uri().path()) => {
             (Endpoint::Edge, router::refused(ProxyError::BadPath))
         }
-        _ if req.uri().path().starts_with(OUTPOST_PREFIX) => {
-            (Endpoint::Outpost, outpost(&app, req, peer).await)
+        // On every configured host (an unknown one is a 404 like any other path).
+        (Ok(Some(h)), Some(route)) if req.uri().path().starts_with(OUTPOST_PREFIX) => {
+            let port = h.port;
+            (
+                Endpoint::Outpost,
+                outpost(&app, &route, port, req, peer).await,
+            )
         }
         (Ok(Some(h)), Some(route)) => {
             let port = h.port;
@@ -134,7 +139,13 @@ pub fn redirect(
         log_unrouted(name, peer, StatusCode::NOT_FOUND);
         return ProxyError::NotFound.response();
     };
-    let pq = req.uri().path_and_query().map_or("/", PathAndQuery::as_str);
+    // Origin form only: `*` or an absolute-form target must not end up after the host.
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(PathAndQuery::as_str)
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/");
     // The host is the configured one, never the client's text (security rule 7).
     let location = if https_port == 443 {
         format!("https://{}{pq}", route.host)
@@ -208,12 +219,26 @@ fn forwarded_host(route: &Route, port: Option<u16>) -> HeaderValue {
     }
 }
 
-/// `/outpost.goauthentik.io/*`: the auth tier's passthrough, ambiguous paths refused.
-async fn outpost(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Answer {
+/// `/outpost.goauthentik.io/*`: the auth tier's passthrough, ambiguous paths refused. The outpost
+/// sees the route's configured host, and `X-Forwarded-*` this proxy generates: at the edge no
+/// peer's forwarding claims are believed (the outpost builds its redirects from them).
+async fn outpost(
+    app: &App,
+    route: &Route,
+    port: Option<u16>,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Answer {
     if router::route(req.uri().path()) == router::Route::BadPath {
         return router::refused(ProxyError::BadPath);
     }
-    router::pass(app, req, peer, true).await
+    let host = forwarded_host(route, port);
+    req.headers_mut().insert(http::header::HOST, host);
+    // An HTTP/2 request names its host in the URI too: keep only the path, so `Host` rules.
+    if let Some(pq) = req.uri().path_and_query().cloned() {
+        *req.uri_mut() = Uri::from(pq);
+    }
+    router::pass(app, req, peer, true, false).await
 }
 
 /// A routed request: strip, decide, proxy.
@@ -281,12 +306,14 @@ async fn routed(
     }
 }
 
-/// The `Upgrade` protocol of an HTTP/1.1 upgrade request (`Connection: upgrade` + `Upgrade`).
+/// The `Upgrade` protocol of an HTTP/1.1 WebSocket upgrade (`Connection: upgrade` + `Upgrade:
+/// websocket`). Any other protocol (`h2c` above all) is not tunnelled: a tunnel to the backend
+/// would carry requests this proxy never sees, so never strips (the h2c smuggling pattern).
 fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
     let asks = headers::connection_tokens(h.get_all(CONNECTION).iter().map(HeaderValue::as_bytes))
         .any(|t| t.eq_ignore_ascii_case(b"upgrade"));
-    asks.then(|| h.get(http::header::UPGRADE).cloned())
-        .flatten()
+    let protocol = h.get(http::header::UPGRADE)?;
+    (asks && protocol.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| protocol.clone())
 }
 
 /// Removes what only the proxy may say: identity, fallback marker, forwarding claims.
@@ -299,7 +326,7 @@ pub fn strip_client_headers(h: &mut HeaderMap) {
                 || headers::is_original_family(s)
                 || headers::is_forwarded_family(s)
                 || s == "forwarded"
-                || s == X_AUTH_FALLBACK.as_str()
+                || headers::is_fallback_marker(s)
         })
         .cloned()
         .collect();

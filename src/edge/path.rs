@@ -15,58 +15,11 @@
 //! backend that double-decodes is broken on its own.
 
 /// Whether `path` (the request path, without query) must be refused: a `.` or `..` segment or
-/// a backslash once percent-decoded, a decoded `/` counting as a separator.
+/// a backslash once percent-decoded, a decoded `/` counting as a separator, path parameters
+/// (`..;`) and trailing blanks ignored as the servers that drop them do. The same check as a
+/// forwarded URL's in the auth tier.
 pub fn is_ambiguous(path: &str) -> bool {
-    let bytes = path.as_bytes();
-    let mut i = 0;
-    // The current segment: how many dots, and whether anything else was in it.
-    let (mut dots, mut other) = (0usize, false);
-    loop {
-        let decoded = if i < bytes.len() {
-            let (b, used) = decode_at(bytes, i);
-            i += used;
-            Some(b)
-        } else {
-            None
-        };
-        match decoded {
-            None | Some(b'/') => {
-                if !other && (dots == 1 || dots == 2) {
-                    return true;
-                }
-                if decoded.is_none() {
-                    return false;
-                }
-                (dots, other) = (0, false);
-            }
-            Some(b'\\') => return true,
-            Some(b'.') => dots += 1,
-            Some(_) => other = true,
-        }
-    }
-}
-
-/// The byte at `i`, percent-decoded: the byte and how many input bytes it took. A `%` without
-/// two hex digits is itself.
-fn decode_at(bytes: &[u8], i: usize) -> (u8, usize) {
-    if bytes[i] == b'%' {
-        if let (Some(hi), Some(lo)) = (
-            bytes.get(i + 1).and_then(|&b| hex(b)),
-            bytes.get(i + 2).and_then(|&b| hex(b)),
-        ) {
-            return (hi << 4 | lo, 3);
-        }
-    }
-    (bytes[i], 1)
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
+    crate::auth::request::path_has_dot_segments(path.as_bytes())
 }
 
 #[cfg(test)]
@@ -91,6 +44,14 @@ mod tests {
             "/public\\admin",
             "/public%5cadmin",
             "/public%5C..%5Cadmin",
+            // Tomcat/Spring path parameters and trimmed blanks (the edge probe's bypasses).
+            "/public/..;/admin",
+            "/public/..%3b/admin",
+            "/public/..;x=1/admin",
+            "/public/.;/admin",
+            "/public/%2e%2e;/admin",
+            "/public/..%00/admin",
+            "/public/..%20/admin",
         ] {
             assert!(is_ambiguous(path), "{path}");
         }

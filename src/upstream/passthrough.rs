@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use http::request::Parts;
 use http::Response;
 use hyper::body::Incoming;
+use ipnet::IpNet;
 
 use crate::app::Runtime;
 use crate::auth::headers::{
@@ -28,11 +29,12 @@ pub async fn forward(
     body: Incoming,
     peer: IpAddr,
     tls: bool,
+    trusted: &[IpNet],
 ) -> Result<Response<Body>, ProxyError> {
     if rt.breaker.is_open() {
         return Err(ProxyError::PassthroughFailed(Failure::CircuitOpen));
     }
-    let req = build(rt, parts, body, peer, tls);
+    let req = build(rt, parts, body, peer, tls, trusted);
     let resp = match tokio::time::timeout(rt.client.timeout(), rt.client.send(req)).await {
         Err(_) => return Err(ProxyError::PassthroughFailed(Failure::Timeout)),
         Ok(Err(ClientError::Refused(_))) => {
@@ -70,12 +72,13 @@ fn build(
     body: Incoming,
     peer: IpAddr,
     tls: bool,
+    trusted: &[IpNet],
 ) -> http::Request<Body> {
     // Connection-listed headers go first (RFC 9110 7.6.1), so nothing a hop declared hop-by-hop
     // is read below.
     headers::strip_hop_by_hop(&mut parts.headers);
     let (host, proto, uri, method, xff) = {
-        let caller = Caller::new(&parts, peer, &rt.config.server.trusted_proxies, tls);
+        let caller = Caller::new(&parts, peer, trusted, tls);
         (
             caller.host(),
             caller.proto(),
