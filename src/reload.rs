@@ -54,6 +54,15 @@ pub fn spawn(app: Arc<App>, path: PathBuf, hup: Option<Signal>) -> tokio::task::
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => true,
             };
             let now = fingerprint(&path);
+            if now.is_none() && seen.is_some() {
+                // Once per disappearance: the running config stays (a rename-replace never
+                // leaves the path missing long enough to be seen twice).
+                tracing::warn!(
+                    path = %path.display(),
+                    "config file is gone; keeping the running config until it reappears"
+                );
+                seen = None;
+            }
             if !by_signal && (now == seen || now.is_none()) {
                 continue;
             }

@@ -215,6 +215,7 @@ pub(crate) async fn pass(
 
 /// The answer for a request the proxy refuses itself (counted as `decision="error"`).
 pub(crate) fn refused(err: ProxyError) -> Answer {
+    tracing::info!(reason = %err, status = err.status().as_u16(), "request refused");
     Answer {
         response: err.response(),
         decision: Decision::Error,

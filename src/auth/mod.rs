@@ -68,6 +68,11 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     let caller = Caller::new(parts, peer.ip, trusted, peer.tls);
     let forwarded = forwarded_url(endpoint, &caller);
     if has_dot_segments(forwarded.as_bytes()) {
+        tracing::info!(
+            endpoint = endpoint.as_str(),
+            url = %String::from_utf8_lossy(forwarded.as_bytes()),
+            "forwarded URL with dot-segments refused (400): a backend could resolve it elsewhere"
+        );
         return Answer {
             response: ProxyError::BadPath.response(),
             decision: Decision::Error,
