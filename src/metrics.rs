@@ -175,10 +175,11 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-/// Latency buckets from 50 µs (a cache hit) to 10 s (past every timeout).
-const LATENCY_BUCKETS: [f64; 16] = [
+/// Latency buckets from 50 µs (a cache hit) to 10 s (past every timeout), with 5 s, the default
+/// `outpost.timeout`, as a bound of its own: requests that waited for it show there.
+const LATENCY_BUCKETS: [f64; 17] = [
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
+    2.5, 5.0, 10.0,
 ];
 
 impl Metrics {

@@ -258,6 +258,11 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, WireError> {
             }
         }
     }
+    // A 204 or 304 has no body whatever it declares (RFC 9112 section 6.3); one that declares
+    // a body may still send it, so its connection is not reused (security rule 5).
+    if matches!(status, 204 | 304) && (chunked || length.is_some_and(|n| n > 0)) {
+        close = true;
+    }
     let framing = match (status, chunked, length) {
         (204 | 304, _, _) => Framing::None,
         (_, true, Some(_)) => {

@@ -76,6 +76,21 @@ fn close_delimited_and_connection_close_answers_are_not_reused() {
 }
 
 #[test]
+fn a_bodiless_status_that_declares_a_body_is_not_reused() {
+    // The declared bytes may arrive after the head: the connection cannot be trusted again.
+    for head in [
+        &b"HTTP/1.1 204 No Content\r\nContent-Length: 3\r\n\r\n"[..],
+        b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ] {
+        let (a, reusable) = read(head).unwrap();
+        assert!(a.body.is_empty());
+        assert!(!reusable, "{}", String::from_utf8_lossy(head));
+    }
+    let (_, reusable) = read(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").unwrap();
+    assert!(reusable);
+}
+
+#[test]
 fn bytes_after_the_answer_forbid_reuse() {
     let (_, reusable) =
         read(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\n").unwrap();
