@@ -17,6 +17,7 @@ pub fn handle<B>(app: &App, req: &Request<B>) -> Response<Body> {
             // Counted at scrape time: no shard walk on the request path.
             let entries = app.runtime().cache.live_len(tokio::time::Instant::now());
             app.metrics.cache_entries.set(entries as i64);
+            app.refresh_fallback_gauge();
             let mut resp = Response::new(Body::full(app.metrics.render()));
             resp.headers_mut().insert(
                 CONTENT_TYPE,

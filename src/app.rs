@@ -52,6 +52,8 @@ pub struct App {
     generation: AtomicU64,
     draining: AtomicBool,
     log_level: std::sync::OnceLock<crate::cli::LogLevel>,
+    /// When the emergency realm last answered (for `portcullis_fallback_active`).
+    last_fallback: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Why a runtime could not be built from a config.
@@ -74,6 +76,7 @@ impl App {
             hasher: RandomState::new(),
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
+            last_fallback: std::sync::Mutex::new(None),
             log_level: std::sync::OnceLock::new(),
         });
         tokio::spawn(probe_loop(Arc::downgrade(&app)));
@@ -150,6 +153,32 @@ impl App {
     /// Whether shutdown has begun.
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// The emergency realm answered a request: `portcullis_fallback_active` is 1 now.
+    pub fn fallback_answered(&self) {
+        if let Ok(mut last) = self.last_fallback.lock() {
+            *last = Some(std::time::Instant::now());
+        }
+        self.metrics.fallback_active.set(1);
+    }
+
+    /// `portcullis_fallback_active` as of now (called at scrape time): 1 while the breaker is
+    /// open with the realm on, or while the realm answered within two probe intervals; 0 once
+    /// neither holds, so one stray 502 does not leave the gauge (and its alert) up for good.
+    pub fn refresh_fallback_gauge(&self) {
+        let rt = self.runtime();
+        let open = rt.breaker.is_open() && rt.realm.is_some();
+        let window = rt.config.fallback.probe_interval * 2;
+        let recent = self
+            .last_fallback
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|at| at.elapsed() < window);
+        if !open && !recent {
+            self.metrics.fallback_active.set(0);
+        }
     }
 
     /// Applies a breaker transition to the gauges and logs it once.

@@ -146,7 +146,7 @@ where
             this.waiting = false;
             let frame = frame.map(|f| f.map_err(Into::into));
             if let Some(Err(err)) = &frame {
-                tracing::warn!(error = %err, "streamed body broke off");
+                tracing::debug!(error = %err, "streamed body broke off");
             }
             return Poll::Ready(frame);
         }
@@ -165,7 +165,7 @@ where
         this.waiting = true;
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                tracing::warn!(idle = ?this.idle, "streamed body stalled: no data within the idle timeout");
+                tracing::info!(idle = ?this.idle, "streamed body cut: no data within the idle timeout");
                 Poll::Ready(Some(Err(BodyError::Idle(this.idle))))
             }
             Poll::Pending => Poll::Pending,

@@ -445,3 +445,23 @@ async fn fallback_gauge_is_set_by_the_first_realm_answer_and_cleared_by_the_next
     assert_allowed_as_akadmin(&r);
     assert_gauges(&h, 1.0, 0.0).await;
 }
+
+#[tokio::test]
+async fn fallback_gauge_falls_back_to_zero_when_the_realm_stops_answering() {
+    use portcullis::demo::outpost::Behaviour;
+    let h = start(|c| {
+        trust_loopback(c);
+        c.fallback.trip_after = 3;
+        c.fallback.probe_interval = Duration::from_millis(100);
+    })
+    .await;
+    let cookie = h.session_cookie("akadmin");
+    h.outpost.set_behaviour(Behaviour::Status(502));
+    let (r, _) = timed_check(&h, &[("cookie", &cookie)]).await;
+    assert_fallback_challenge(&r);
+    assert!(!is_open(&h));
+    assert_gauges(&h, 1.0, 1.0).await;
+    // No traffic since: after two probe intervals the realm is no longer "answering".
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    assert_gauges(&h, 1.0, 0.0).await;
+}

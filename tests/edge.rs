@@ -1022,20 +1022,29 @@ async fn path_parameter_and_blank_dot_segments_are_refused_like_plain_ones() {
 }
 
 #[tokio::test]
-async fn outpost_paths_need_a_configured_host_and_see_only_generated_forwarding() {
+async fn outpost_paths_see_the_configured_host_and_only_generated_forwarding() {
     let edge =
         start_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
-    // An unknown host is a 404 here as on any other path: the outpost would build its login
-    // redirect from it.
+    // A host that is no route still reaches the outpost (authentik's domain-level mode logs in
+    // on an auth host of its own), with that host as checked and nothing the peer claims.
     let r = edge
         .get(
             "app.example",
             "/outpost.goauthentik.io/start?rd=/",
-            &[("host", "evil.example")],
+            &[
+                ("host", "auth.example"),
+                ("x-forwarded-host", "evil.example"),
+            ],
         )
         .await;
-    assert_eq!(r.status, 404);
-    assert!(edge.outpost.requests().is_empty());
+    assert_eq!(r.status, 302, "{r:?}");
+    let seen = edge
+        .outpost
+        .requests()
+        .pop()
+        .expect("the outpost was asked");
+    assert_eq!(seen.headers["host"], "auth.example");
+    assert_eq!(seen.headers["x-forwarded-host"], "auth.example");
     // A configured host, typed in capitals, from a peer that is a trusted proxy in auth-tier
     // terms: the outpost sees the configured host and this proxy's forwarding, nothing claimed.
     let r = edge

@@ -70,7 +70,7 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     if has_dot_segments(forwarded.as_bytes()) {
         tracing::info!(
             endpoint = endpoint.as_str(),
-            url = %String::from_utf8_lossy(forwarded.as_bytes()),
+            path = %log_path(forwarded.as_bytes()),
             "forwarded URL with dot-segments refused (400): a backend could resolve it elsewhere"
         );
         return Answer {
@@ -156,6 +156,12 @@ fn forwarded_url(endpoint: Endpoint, caller: &Caller<'_>) -> HeaderValue {
         }
         _ => caller.uri(),
     }
+}
+
+/// A forwarded URL's path for a log line: no query (it may carry tokens), at most 256 bytes.
+fn log_path(url: &[u8]) -> String {
+    let path = url.split(|&b| b == b'?').next().unwrap_or(url);
+    String::from_utf8_lossy(&path[..path.len().min(256)]).into_owned()
 }
 
 /// The path Envoy's `ext_authz` puts in front of the protected request's path.
@@ -285,7 +291,7 @@ async fn fallback(
         }
     };
     // The realm is answering (before the breaker opens too): metered at once (DESIGN.md 7).
-    app.metrics.fallback_active.set(1);
+    app.fallback_answered();
     // Resolved only here, where the limiter needs it. An unknown client (garbage in a trusted
     // chain) is limited as the peer that sent it.
     let trusted = &rt.config.server.trusted_proxies;

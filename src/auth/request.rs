@@ -234,6 +234,10 @@ pub fn path_has_dot_segments(path: &[u8]) -> bool {
     if !path.contains(&b'.') && !path.contains(&b'%') && !path.contains(&b'\\') {
         return false;
     }
+    // Without an escape there is nothing to decode (dots, `;` and `\\` have no case).
+    if !path.contains(&b'%') {
+        return path.contains(&b'\\') || path.split(|&b| b == b'/').any(is_dot_segment);
+    }
     let decoded = percent_decode_lower(path);
     decoded.contains(&b'\\') || decoded.split(|&b| b == b'/').any(is_dot_segment)
 }

@@ -90,13 +90,19 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         _ if path::is_ambiguous(req.uri().path()) => {
             (Endpoint::Edge, router::refused(ProxyError::BadPath))
         }
-        // On every configured host (an unknown one is a 404 like any other path).
-        (Ok(Some(h)), Some(route)) if req.uri().path().starts_with(OUTPOST_PREFIX) => {
-            let port = h.port;
-            (
-                Endpoint::Outpost,
-                outpost(&app, &route, port, req, peer).await,
-            )
+        // On every host, configured or not (authentik's domain-level mode sends logins to an
+        // auth host that need not be a route).
+        (Ok(h), route) if req.uri().path().starts_with(OUTPOST_PREFIX) => {
+            let host = match (h, route.as_ref()) {
+                (Some(h), Some(route)) => Some(forwarded_host(route, h.port)),
+                (Some(h), None) => HeaderValue::from_str(&match h.port {
+                    Some(port) => format!("{}:{port}", h.name),
+                    None => h.name.clone(),
+                })
+                .ok(),
+                (None, _) => None,
+            };
+            (Endpoint::Outpost, outpost(&app, host, req, peer).await)
         }
         (Ok(Some(h)), Some(route)) => {
             let port = h.port;
@@ -220,20 +226,21 @@ fn forwarded_host(route: &Route, port: Option<u16>) -> HeaderValue {
 }
 
 /// `/outpost.goauthentik.io/*`: the auth tier's passthrough, ambiguous paths refused. The outpost
-/// sees the route's configured host, and `X-Forwarded-*` this proxy generates: at the edge no
-/// peer's forwarding claims are believed (the outpost builds its redirects from them).
+/// sees `host` (a route's configured host, or the checked client host) and `X-Forwarded-*` this
+/// proxy generates: at the edge no peer's forwarding claims are believed (the outpost builds its
+/// redirects from them).
 async fn outpost(
     app: &App,
-    route: &Route,
-    port: Option<u16>,
+    host: Option<HeaderValue>,
     mut req: Request<Incoming>,
     peer: SocketAddr,
 ) -> Answer {
     if router::route(req.uri().path()) == router::Route::BadPath {
         return router::refused(ProxyError::BadPath);
     }
-    let host = forwarded_host(route, port);
-    req.headers_mut().insert(http::header::HOST, host);
+    if let Some(host) = host {
+        req.headers_mut().insert(http::header::HOST, host);
+    }
     // An HTTP/2 request names its host in the URI too: keep only the path, so `Host` rules.
     if let Some(pq) = req.uri().path_and_query().cloned() {
         *req.uri_mut() = Uri::from(pq);

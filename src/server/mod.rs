@@ -285,7 +285,8 @@ async fn tls_connection(
     let service = service_fn(move |req| {
         let app = app.clone();
         async move {
-            if let Some(refused) = head_too_large(&app, &req, max_head, peer, Some(Endpoint::Edge))
+            if let Some(refused) =
+                head_too_large(&app, &req, max_head, peer, || Some(Endpoint::Edge))
             {
                 return Ok::<_, Infallible>(refused);
             }
@@ -380,7 +381,7 @@ async fn connection(
     let service = service_fn(move |req| {
         let app = app.clone();
         async move {
-            let endpoint = match kind {
+            let endpoint = || match kind {
                 Kind::Main => router::endpoint(req.uri().path()),
                 Kind::Admin | Kind::Redirect(_) => None,
             };
@@ -406,7 +407,7 @@ fn head_too_large(
     req: &http::Request<hyper::body::Incoming>,
     max_head: usize,
     peer: SocketAddr,
-    endpoint: Option<Endpoint>,
+    endpoint: impl FnOnce() -> Option<Endpoint>,
 ) -> Option<http::Response<crate::body::Body>> {
     let bytes = head_len(req);
     if bytes <= max_head {
@@ -416,10 +417,10 @@ fn head_too_large(
         %peer,
         bytes,
         limit = max_head,
-        path = req.uri().path(),
+        path = %req.uri().path().chars().take(256).collect::<String>(),
         "request head over server.max_header_bytes (answered 431)"
     );
-    if let Some(endpoint) = endpoint {
+    if let Some(endpoint) = endpoint() {
         app.metrics.request(endpoint, Decision::Error, 0.0);
     }
     Some(crate::error::ProxyError::HeadTooLarge.response())
