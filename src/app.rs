@@ -52,8 +52,10 @@ pub struct App {
     generation: AtomicU64,
     draining: AtomicBool,
     log_level: std::sync::OnceLock<crate::cli::LogLevel>,
-    /// When the emergency realm last answered (for `portcullis_fallback_active`).
-    last_fallback: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Milliseconds from `epoch` to the emergency realm's last answer, plus one (0: never), for
+    /// `portcullis_fallback_active`: an atomic, no lock on the fallback path.
+    last_fallback: AtomicU64,
+    epoch: std::time::Instant,
 }
 
 /// Why a runtime could not be built from a config.
@@ -76,7 +78,8 @@ impl App {
             hasher: RandomState::new(),
             generation: AtomicU64::new(1),
             draining: AtomicBool::new(false),
-            last_fallback: std::sync::Mutex::new(None),
+            last_fallback: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
             log_level: std::sync::OnceLock::new(),
         });
         tokio::spawn(probe_loop(Arc::downgrade(&app)));
@@ -157,9 +160,8 @@ impl App {
 
     /// The emergency realm answered a request: `portcullis_fallback_active` is 1 now.
     pub fn fallback_answered(&self) {
-        if let Ok(mut last) = self.last_fallback.lock() {
-            *last = Some(std::time::Instant::now());
-        }
+        self.last_fallback
+            .store(self.millis_since_epoch() + 1, Ordering::Relaxed);
         self.metrics.fallback_active.set(1);
     }
 
@@ -169,16 +171,17 @@ impl App {
     pub fn refresh_fallback_gauge(&self) {
         let rt = self.runtime();
         let open = rt.breaker.is_open() && rt.realm.is_some();
-        let window = rt.config.fallback.probe_interval * 2;
-        let recent = self
-            .last_fallback
-            .lock()
-            .ok()
-            .and_then(|last| *last)
-            .is_some_and(|at| at.elapsed() < window);
+        let window =
+            u64::try_from((rt.config.fallback.probe_interval * 2).as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_fallback.load(Ordering::Relaxed);
+        let recent = last != 0 && (self.millis_since_epoch() + 1).saturating_sub(last) < window;
         if !open && !recent {
             self.metrics.fallback_active.set(0);
         }
+    }
+
+    fn millis_since_epoch(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     /// Applies a breaker transition to the gauges and logs it once.

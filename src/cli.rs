@@ -10,6 +10,7 @@ use tracing_subscriber::EnvFilter;
 use crate::app::App;
 use crate::auth::fallback::Realm;
 use crate::config::{Config, LogConfig, LogFormat};
+use crate::error::error_chain;
 use crate::metrics::Metrics;
 use crate::server::tls::EdgeCerts;
 use crate::server::{self, Listeners};
@@ -206,18 +207,6 @@ pub async fn serve(config: Config, path: PathBuf) -> Result<(), Box<dyn std::err
     server::run(app, listeners, stop).await;
     tracing::info!("bye");
     Ok(())
-}
-
-/// An error and its causes on one line: `a: b: c`.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }
 
 /// `portcullis hash-password USER`: reads a password from stdin (one line) and prints `USER:HASH`.

@@ -3,6 +3,7 @@
 //! A denial from the outpost is an outcome, not an error; what is here is everything the proxy
 //! answers on its own: fail-closed outages, limits, bad paths.
 
+use std::error::Error;
 use std::time::Duration;
 
 use http::header::{HeaderValue, CONTENT_TYPE, RETRY_AFTER};
@@ -96,6 +97,25 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// An error and its causes, outermost first.
+pub fn causes<'a>(
+    err: &'a (dyn Error + 'static),
+) -> impl Iterator<Item = &'a (dyn Error + 'static)> {
+    std::iter::successors(Some(err), |&e| e.source())
+}
+
+/// An error and its causes on one line: `a: b: c`.
+pub fn error_chain(err: &dyn Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -66,7 +66,11 @@ pub fn route(path: &str) -> Route {
 /// The metrics endpoint of a main-listener path: a check's, or `outpost` for anything else
 /// under the prefix; `None` for `/healthz` and unknown paths (not counted).
 pub fn endpoint(path: &str) -> Option<Endpoint> {
-    match route(path) {
+    endpoint_of(route(path))
+}
+
+fn endpoint_of(route: Route) -> Option<Endpoint> {
+    match route {
         Route::Check(endpoint) => Some(endpoint),
         Route::Passthrough | Route::BadPath => Some(Endpoint::Outpost),
         Route::Health | Route::NotFound => None,
@@ -111,9 +115,8 @@ pub async fn handle(
         .nth(1)
         .is_some()
     {
-        let endpoint = endpoint(req.uri().path());
         let answer = refused(ProxyError::BadHost);
-        return match endpoint {
+        return match endpoint_of(route) {
             Some(endpoint) => finish(&app, endpoint, answer, started, peer, None),
             None => answer.response,
         };
@@ -202,14 +205,12 @@ pub(crate) async fn pass(
             decision: Decision::Passthrough,
             outpost_seconds,
         },
-        Err(err) => {
-            tracing::warn!(error = %err, "passthrough failed");
-            Answer {
-                response: err.response(),
-                decision: Decision::Error,
-                outpost_seconds,
-            }
-        }
+        // `forward` logged it, with its cause.
+        Err(err) => Answer {
+            response: err.response(),
+            decision: Decision::Error,
+            outpost_seconds,
+        },
     }
 }
 

@@ -160,6 +160,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in listed {
         headers.remove(name);
     }
+    strip_fixed_hop_by_hop(headers);
+}
+
+/// Removes the fixed hop-by-hop fields only (never what a `Connection` lists). A message framed
+/// by `Transfer-Encoding` loses its `Content-Length` with it: chunked framing overrides it, and
+/// it must not travel on (RFC 9112 section 6.3).
+pub fn strip_fixed_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        headers.remove(http::header::CONTENT_LENGTH);
+    }
     for name in HOP_BY_HOP {
         headers.remove(name);
     }

@@ -129,10 +129,6 @@ impl Backends {
             .then(|| hyper::upgrade::on(&mut resp));
         let (mut parts, body) = resp.into_parts();
         let upgrade_to = parts.headers.get(UPGRADE).cloned();
-        // Chunked framing overrides a Content-Length, which must not travel on (RFC 9112 6.3).
-        if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
-            parts.headers.remove(http::header::CONTENT_LENGTH);
-        }
         headers::strip_hop_by_hop(&mut parts.headers);
         match (backend_side, upgrade, upgrade_to) {
             (Some(backend_side), Some(client_side), Some(protocol)) => {

@@ -95,11 +95,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> 
         (Ok(h), route) if req.uri().path().starts_with(OUTPOST_PREFIX) => {
             let host = match (h, route.as_ref()) {
                 (Some(h), Some(route)) => Some(forwarded_host(route, h.port)),
-                (Some(h), None) => HeaderValue::from_str(&match h.port {
-                    Some(port) => format!("{}:{port}", h.name),
-                    None => h.name.clone(),
-                })
-                .ok(),
+                (Some(h), None) => host_value(&h.name, h.port),
                 (None, _) => None,
             };
             (Endpoint::Outpost, outpost(&app, host, req, peer).await)
@@ -220,8 +216,15 @@ fn request_host<B>(req: &Request<B>) -> Result<Option<RequestHost>, ProxyError> 
 fn forwarded_host(route: &Route, port: Option<u16>) -> HeaderValue {
     match port {
         None => route.host_header.clone(),
-        Some(port) => HeaderValue::from_str(&format!("{}:{port}", route.host))
-            .unwrap_or_else(|_| route.host_header.clone()),
+        Some(_) => host_value(&route.host, port).unwrap_or_else(|| route.host_header.clone()),
+    }
+}
+
+/// `name` or `name:port` as a `Host` value.
+fn host_value(name: &str, port: Option<u16>) -> Option<HeaderValue> {
+    match port {
+        None => HeaderValue::from_str(name).ok(),
+        Some(port) => HeaderValue::from_str(&format!("{name}:{port}")).ok(),
     }
 }
 
@@ -382,14 +385,7 @@ fn backend_request(
     let h = &mut parts.headers;
     // Only the fixed list: the client's `Connection` was applied (and removed) in `routed`, and
     // the names it listed may since have been set by the proxy itself.
-    let hop: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| headers::is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in hop {
-        h.remove(name);
-    }
+    headers::strip_fixed_hop_by_hop(h);
     join_cookies(h);
     if let Some(protocol) = upgrade {
         h.insert(CONNECTION, UPGRADE_TOKEN);

@@ -148,26 +148,24 @@ impl OutpostClient {
 }
 
 fn classify(err: hyper_util::client::legacy::Error) -> ClientError {
+    let in_chain = |pred: &dyn Fn(&(dyn std::error::Error + 'static)) -> bool| {
+        crate::error::causes(&err).any(pred)
+    };
     if !err.is_connect() {
         // The client's body failing (a bad chunk, a stall) is the caller's fault, not the
         // outpost's: hyper keeps the body's own error in the chain.
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-        while let Some(e) = source {
-            if e.downcast_ref::<crate::body::BodyError>().is_some() {
-                return ClientError::RequestBody(err);
-            }
-            source = e.source();
+        if in_chain(&|e| e.is::<crate::body::BodyError>()) {
+            return ClientError::RequestBody(err);
         }
         return ClientError::Exchange(err);
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::ConnectionRefused {
-                return ClientError::Refused(err);
-            }
-        }
-        source = e.source();
+    let refused = in_chain(&|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    });
+    if refused {
+        ClientError::Refused(err)
+    } else {
+        ClientError::Connect(err)
     }
-    ClientError::Connect(err)
 }

@@ -32,33 +32,23 @@ pub async fn forward(
     trusted: &[IpNet],
 ) -> Result<Response<Body>, ProxyError> {
     if rt.breaker.is_open() {
-        return Err(ProxyError::PassthroughFailed(Failure::CircuitOpen));
+        return Err(failed(Failure::CircuitOpen.into(), None));
     }
     let req = build(rt, parts, body, peer, tls, trusted);
     let resp = match tokio::time::timeout(rt.client.timeout(), rt.client.send(req)).await {
-        Err(_) => return Err(ProxyError::PassthroughFailed(Failure::Timeout)),
-        Ok(Err(ClientError::Refused(_))) => {
-            return Err(ProxyError::PassthroughFailed(Failure::Refused))
-        }
-        Ok(Err(ClientError::Connect(_))) => {
-            return Err(ProxyError::PassthroughFailed(Failure::Connect))
-        }
-        Ok(Err(ClientError::RequestBody(err))) => {
-            tracing::warn!(error = %chain(&err), "passthrough request body broke or stalled");
-            return Err(ProxyError::BadRequestBody);
-        }
-        Ok(Err(ClientError::Exchange(err))) => {
-            tracing::warn!(error = %chain(&err), "passthrough exchange with the outpost failed");
-            return Err(ProxyError::PassthroughFailed(Failure::Exchange));
-        }
         Ok(Ok(resp)) => resp,
+        Err(_) => return Err(failed(Failure::Timeout.into(), None)),
+        Ok(Err(err)) => {
+            let refusal = match &err {
+                ClientError::Refused(_) => Failure::Refused.into(),
+                ClientError::Connect(_) => Failure::Connect.into(),
+                ClientError::Exchange(_) => Failure::Exchange.into(),
+                ClientError::RequestBody(_) => ProxyError::BadRequestBody,
+            };
+            return Err(failed(refusal, Some(&err)));
+        }
     };
     let (mut parts, body) = resp.into_parts();
-    // A framed-by-chunks answer's Content-Length is meaningless and must not travel on
-    // (RFC 9112 section 6.3): it would contradict the framing hyper gives the relayed body.
-    if parts.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        parts.headers.remove(http::header::CONTENT_LENGTH);
-    }
     headers::strip_hop_by_hop(&mut parts.headers);
     Ok(Response::from_parts(
         parts,
@@ -114,13 +104,15 @@ fn build(
     http::Request::from_parts(parts, Body::watched(body, crate::body::STREAM_IDLE_TIMEOUT))
 }
 
-/// An error with its causes, `a: b: c`, for one log line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text = format!("{text}: {cause}");
-        source = cause.source();
+/// The one log line of a failed passthrough, with the client error's causes when there is one.
+fn failed(err: ProxyError, cause: Option<&ClientError>) -> ProxyError {
+    let cause = cause.map(|c| crate::error::error_chain(c));
+    tracing::warn!(error = %err, cause = cause.as_deref(), "passthrough failed");
+    err
+}
+
+impl From<Failure> for ProxyError {
+    fn from(f: Failure) -> ProxyError {
+        ProxyError::PassthroughFailed(f)
     }
-    text
 }

@@ -326,12 +326,7 @@ impl Realm {
     }
 
     fn log_problem(&self, error: &HtpasswdError) {
-        let mut problem = error.to_string();
-        let mut source = std::error::Error::source(error);
-        while let Some(cause) = source {
-            problem = format!("{problem}: {cause}");
-            source = cause.source();
-        }
+        let problem = crate::error::error_chain(error);
         let mut file = lock(&self.file);
         if file.last_problem.as_deref() != Some(problem.as_str()) {
             tracing::error!(
