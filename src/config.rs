@@ -40,6 +40,9 @@ pub const DEFAULT_MAX_HEADER_BYTES: usize = 512 * 1024;
 /// A client that has not sent its whole head in 10 s is dropped (nginx `client_header_timeout` is 60 s;
 /// forward-auth callers are proxies on a LAN, so far less is plenty).
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers trusted to set `X-Forwarded-*` and `X-Original-URL` when the file names none: DESIGN
+/// section 6's cluster default (pods, which is where Traefik runs, and loopback).
+pub const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["10.0.0.0/8", "127.0.0.0/8"];
 /// Time between `/readyz` turning 503 and accepting stopping, so load balancers move away first.
 pub const DEFAULT_SHUTDOWN_DELAY: Duration = Duration::from_secs(5);
 /// Deadline for requests in flight at shutdown.
@@ -237,7 +240,10 @@ impl Default for ServerConfig {
         ServerConfig {
             listen: DEFAULT_LISTEN_ADDR,
             admin_listen: DEFAULT_ADMIN_LISTEN_ADDR,
-            trusted_proxies: Vec::new(),
+            trusted_proxies: DEFAULT_TRUSTED_PROXIES
+                .iter()
+                .filter_map(|n| n.parse().ok())
+                .collect(),
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             shutdown_delay: DEFAULT_SHUTDOWN_DELAY,

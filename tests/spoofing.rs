@@ -146,7 +146,7 @@ async fn spoofed_identity_headers_never_reach_the_outpost_and_allow_carries_outp
 
 #[tokio::test]
 async fn spoofed_identity_headers_are_dropped_for_an_untrusted_peer_too() {
-    // Default config: trusted_proxies is empty, so loopback is an ordinary client.
+    // The harness trusts no peer, so loopback is an ordinary client.
     let h = start(|_| {}).await;
     for path in [TRAEFIK, CADDY, ENVOY] {
         let cookie = h.session_cookie("akadmin");

@@ -129,7 +129,11 @@ fn only_outpost_url_gives_every_default() {
     assert_eq!(c, Config::default());
     assert_eq!(c.server.listen, DEFAULT_LISTEN.parse().unwrap());
     assert_eq!(c.server.admin_listen, DEFAULT_ADMIN_LISTEN.parse().unwrap());
-    assert!(c.server.trusted_proxies.is_empty());
+    let cluster: Vec<ipnet::IpNet> = vec![
+        "10.0.0.0/8".parse().unwrap(),
+        "127.0.0.0/8".parse().unwrap(),
+    ];
+    assert_eq!(c.server.trusted_proxies, cluster);
     assert_eq!(c.server.max_header_bytes, 512 * 1024);
     assert_eq!(c.outpost.url, "http://127.0.0.1:9000");
     assert_eq!(c.cache.ttl, Duration::from_secs(10));

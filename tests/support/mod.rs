@@ -36,6 +36,9 @@ pub fn config_for(outpost_url: &str) -> Config {
     let mut c = Config::default();
     c.server.listen = "127.0.0.1:0".parse().unwrap();
     c.server.admin_listen = "127.0.0.1:0".parse().unwrap();
+    // The test client on loopback is an ordinary client unless a test trusts it
+    // (`trust_loopback`); the default would trust 127.0.0.0/8.
+    c.server.trusted_proxies = Vec::new();
     c.server.shutdown_delay = Duration::ZERO;
     c.server.drain_timeout = Duration::from_secs(5);
     c.outpost.url = outpost_url.parse().unwrap();
