@@ -516,6 +516,43 @@ async fn local_or_auth_passes_local_clients_and_challenges_others() {
 }
 
 #[tokio::test]
+async fn local_networks_match_the_tcp_peer_never_a_forwarded_address() {
+    // Even a trusted peer's X-Forwarded-For cannot make a client local: wan.example lets
+    // 10.0.0.0/8 in, the peer is loopback, so a login is still required.
+    let edge =
+        start_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    for claim in ["10.1.2.3", "198.51.100.7, 10.1.2.3"] {
+        let r = edge
+            .get("wan.example", "/", &[("x-forwarded-for", claim)])
+            .await;
+        assert_eq!(r.status, 302, "{claim}: {r:?}");
+    }
+    let r = edge
+        .get("wan.example", "/", &[("x-real-ip", "10.1.2.3")])
+        .await;
+    assert_eq!(r.status, 302);
+    assert!(edge.backend.requests().is_empty());
+    assert_eq!(edge.outpost.stats().auth_requests, 3);
+}
+
+#[tokio::test]
+async fn backend_sees_the_peer_in_x_real_ip_not_the_clients_claim() {
+    let edge = start().await;
+    let r = edge
+        .get(
+            "open.example",
+            "/",
+            &[("x-real-ip", "10.9.9.9"), ("X_Real_IP", "10.8.8.8")],
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let seen = edge.backend.last();
+    let real: Vec<_> = seen.headers.get_all("x-real-ip").iter().collect();
+    assert_eq!(real, ["127.0.0.1"]);
+    assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
+}
+
+#[tokio::test]
 async fn outpost_paths_go_to_the_outpost_on_every_host() {
     let edge = start().await;
     let r = edge

@@ -17,7 +17,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant as StdInstant;
 
-use http::header::{HeaderValue, USER_AGENT};
+use http::header::{HeaderValue, CONTENT_LENGTH, USER_AGENT};
 use http::request::Parts;
 use http::{Response, StatusCode};
 
@@ -347,7 +347,7 @@ pub fn allow_response(
     if let Some(ua) = caller.user_agent() {
         h.insert(USER_AGENT, ua.clone());
     }
-    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     resp
 }
 
@@ -374,7 +374,7 @@ fn fallback_allow(user: &Arc<str>) -> Option<Response<Body>> {
     }
     h.insert(X_AUTHENTIK_USERNAME, user);
     h.insert(X_AUTH_FALLBACK, headers::TRUE);
-    h.insert(http::header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    h.insert(CONTENT_LENGTH, HeaderValue::from_static("0"));
     Some(resp)
 }
 
@@ -393,4 +393,98 @@ fn fallback_deny(realm: &str) -> Response<Body> {
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::{HeaderMap, HeaderName};
+
+    fn parts(user_agent: Option<&str>) -> Parts {
+        let mut b = http::Request::builder().uri("/outpost.goauthentik.io/auth/traefik");
+        if let Some(ua) = user_agent {
+            b = b.header(USER_AGENT, ua);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn identity(custom: &[(&'static str, &str)]) -> Identity {
+        let mut pairs: Vec<(HeaderName, String)> = IDENTITY
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 != 2) // some fixed ones missing: they go out empty
+            .map(|(i, n)| (n.clone(), format!("value-{i}")))
+            .collect();
+        pairs.extend(
+            custom
+                .iter()
+                .map(|(n, v)| (HeaderName::from_static(n), v.to_string())),
+        );
+        Identity::from_pairs(pairs, None)
+    }
+
+    fn values(h: &HeaderMap, name: &HeaderName) -> Vec<String> {
+        h.get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn allow_carries_every_identity_header_once_with_its_value() {
+        let p = parts(Some("Mozilla/5.0 test"));
+        let caller = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        let id = identity(&[("x-authentik-custom", "c1")]);
+        let extra = [(X_AUTH_FALLBACK, headers::TRUE)];
+        let resp = allow_response(&id, &extra, &caller);
+        let h = resp.headers();
+        for (i, name) in IDENTITY.iter().enumerate() {
+            let want = if i % 3 == 2 {
+                String::new()
+            } else {
+                format!("value-{i}")
+            };
+            assert_eq!(values(h, name), vec![want], "{name}");
+        }
+        assert_eq!(values(h, &USER_AGENT), vec!["Mozilla/5.0 test"]);
+        assert_eq!(values(h, &CONTENT_LENGTH), vec!["0"]);
+        assert_eq!(
+            values(h, &HeaderName::from_static("x-authentik-custom")),
+            vec!["c1"]
+        );
+        assert_eq!(values(h, &X_AUTH_FALLBACK), vec!["true"]);
+        assert_eq!(h.len(), IDENTITY.len() + 4);
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[test]
+    fn allow_without_a_user_agent_sends_none() {
+        let p = parts(None);
+        let caller = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        let resp = allow_response(&identity(&[]), &[], &caller);
+        let h = resp.headers();
+        assert!(h.get(USER_AGENT).is_none());
+        assert_eq!(values(h, &X_AUTHENTIK_USERNAME), vec!["value-0"]);
+        assert_eq!(values(h, &CONTENT_LENGTH), vec!["0"]);
+        assert_eq!(h.len(), IDENTITY.len() + 1);
+    }
+
+    #[test]
+    fn one_answer_never_leaks_into_the_next() {
+        // The head is shared: a second answer must not see the first one's values.
+        let p = parts(Some("first"));
+        let caller = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
+        let _ = allow_response(&identity(&[("x-authentik-custom", "c1")]), &[], &caller);
+        let q = parts(None);
+        let caller = Caller::new(&q, "127.0.0.1".parse().unwrap(), &[], false);
+        let bob = Identity::from_pairs([(X_AUTHENTIK_USERNAME, "bob")], None);
+        let resp = allow_response(&bob, &[], &caller);
+        let h = resp.headers();
+        assert_eq!(values(h, &X_AUTHENTIK_USERNAME), vec!["bob"]);
+        for name in &IDENTITY[1..] {
+            assert_eq!(values(h, name), vec![String::new()], "{name}");
+        }
+        assert!(h.get("x-authentik-custom").is_none());
+        assert!(h.get(USER_AGENT).is_none());
+    }
 }

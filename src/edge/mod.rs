@@ -55,6 +55,7 @@ use crate::router::{self, OUTPOST_PREFIX};
 
 const HTTPS: HeaderValue = HeaderValue::from_static("https");
 const UPGRADE_TOKEN: HeaderValue = HeaderValue::from_static("upgrade");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// Config-derived edge state, rebuilt with every runtime generation.
 #[derive(Debug)]
@@ -272,15 +273,18 @@ async fn routed(
     // and the backend its links (security rule 7).
     let host = forwarded_host(route, port);
     parts.headers.insert(HOST, host.clone());
+    // The emergency realm's limiter may follow a trusted chain to the client's address; nothing
+    // else here does.
     let client = {
         let trusted = &app.runtime().config.server.trusted_proxies;
         Caller::new(&parts, peer.ip(), trusted, true).client_ip(trusted)
     };
-    // An unknown client (garbage in a trusted chain) is never local.
-    let local = route.auth == RouteAuth::None || client.is_some_and(|c| route.is_local(c));
+    // `local_networks` are matched against the TCP peer only: a forwarded address, even from a
+    // trusted peer, would let anyone in the pod network claim to be local and skip the login.
+    let local = route.auth == RouteAuth::None || route.is_local(peer.ip());
     // Edge mode is the edge: what the outpost judges (host, scheme, path, method) comes from the
     // request itself, never from a client's X-Forwarded-* (DESIGN.md section 5), even a trusted
-    // peer's. Only the limiter's client address was taken from a trusted chain, above.
+    // peer's.
     strip_client_headers(&mut parts.headers);
     let (decision, outpost_seconds) = if local {
         (Decision::Passthrough, None)
@@ -326,7 +330,8 @@ fn upgrade_protocol(h: &HeaderMap) -> Option<HeaderValue> {
     (asks && protocol.as_bytes().eq_ignore_ascii_case(b"websocket")).then(|| protocol.clone())
 }
 
-/// Removes what only the proxy may say: identity, fallback marker, forwarding claims.
+/// Removes what only the proxy may say: identity, fallback marker, forwarding claims (`X-Real-IP`
+/// too: apps believe it for the client's address).
 pub fn strip_client_headers(h: &mut HeaderMap) {
     let doomed: Vec<HeaderName> = h
         .keys()
@@ -336,6 +341,7 @@ pub fn strip_client_headers(h: &mut HeaderMap) {
                 || headers::is_original_family(s)
                 || headers::is_forwarded_family(s)
                 || s == "forwarded"
+                || s == "x-real-ip"
                 || headers::is_fallback_marker(s)
         })
         .cloned()
@@ -395,7 +401,8 @@ fn backend_request(
     h.insert(X_FORWARDED_HOST, host);
     let ip = peer.ip().to_canonical().to_string();
     if let Ok(v) = HeaderValue::from_str(&ip) {
-        h.insert(X_FORWARDED_FOR, v);
+        h.insert(X_FORWARDED_FOR, v.clone());
+        h.insert(X_REAL_IP, v);
     }
     h.insert(X_FORWARDED_PROTO, HTTPS);
     parts.version = http::Version::HTTP_11;
