@@ -186,7 +186,10 @@ pub(crate) async fn pass(
 ) -> Answer {
     let rt = app.runtime();
     let (parts, body) = req.into_parts();
-    if parts.uri.path() == "/outpost.goauthentik.io/sign_out" {
+    // `sign_out`, or any outpost path carrying the logout signature (the outpost signs out on
+    // either): purge first, so no cached allow outlives the session.
+    let url = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
+    if auth::request::is_sign_out(url.as_bytes()) {
         let caller =
             auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
         rt.cache.purge(&auth::cache::Credentials::of(&caller));

@@ -346,6 +346,74 @@ async fn sign_out_through_the_proxy_purges_the_session_on_every_host() {
 }
 
 #[tokio::test]
+async fn a_check_in_flight_during_a_sign_out_is_not_stored_after_it() {
+    let h = start(trust_loopback).await;
+    let cookie = h.session_cookie("akadmin");
+    h.outpost
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(400)));
+    let in_flight = check(&h, "app.example", "/", Some(&cookie));
+    let sign_out = async {
+        // Sign out while the outpost is still answering the check.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while calls(&h) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the check never reached the outpost"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        get(
+            &h.url("/outpost.goauthentik.io/sign_out"),
+            &[("host", "app.example"), ("cookie", cookie.as_str())],
+        )
+        .await
+    };
+    let (first, out) = tokio::join!(in_flight, sign_out);
+    assert_eq!(
+        first.status, 200,
+        "answered before the sign-out took effect"
+    );
+    assert_eq!(out.status, 302);
+    assert!(
+        h.app.runtime().cache.is_empty(),
+        "the answer that raced the sign-out was stored"
+    );
+    h.outpost.set_behaviour(Behaviour::Normal);
+    let r = check(&h, "app.example", "/", Some(&cookie)).await;
+    assert_eq!(r.status, 302, "the signed-out session must not be answered");
+    assert_eq!(cached(&h), 0);
+}
+
+#[tokio::test]
+async fn an_outpost_path_with_the_logout_signature_purges_too() {
+    let h = start(trust_loopback).await;
+    for path in [
+        "/outpost.goauthentik.io/start?X-authentik-logout=true",
+        "/outpost.goauthentik.io/callback?x-AUTHENTIK-logout=1",
+        "/outpost.goauthentik.io/SIGN_OUT",
+    ] {
+        let cookie = h.session_cookie("akadmin");
+        check(&h, "app.example", "/", Some(&cookie)).await;
+        assert_eq!(h.app.runtime().cache.len(), 1, "{path}");
+        get(
+            &h.url(path),
+            &[("host", "app.example"), ("cookie", cookie.as_str())],
+        )
+        .await;
+        assert!(h.app.runtime().cache.is_empty(), "{path} left the entry");
+    }
+    // Any other outpost path leaves it.
+    let cookie = h.session_cookie("akadmin");
+    check(&h, "app.example", "/", Some(&cookie)).await;
+    get(
+        &h.url("/outpost.goauthentik.io/start?rd=/"),
+        &[("host", "app.example"), ("cookie", cookie.as_str())],
+    )
+    .await;
+    assert_eq!(h.app.runtime().cache.len(), 1);
+}
+
+#[tokio::test]
 async fn callback_and_logout_signatures_bypass_the_cache() {
     let h = start(trust_loopback).await;
     let cookie = h.session_cookie("akadmin");

@@ -33,7 +33,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use portcullis::demo::outpost::RecordedRequest;
+use portcullis::demo::outpost::{Behaviour, RecordedRequest};
 use support::*;
 use tokio::net::TcpListener;
 
@@ -613,6 +613,41 @@ async fn nginx_without_session_redirects_to_start_and_backend_is_not_reached() {
     // The outpost's 401 carried the session cookie that remembers the target; nginx re-emits it.
     s.assert_sets_outpost_cookie(&r);
     assert_eq!(s.backend.hits(), 0, "backend reached without a session");
+}
+
+#[tokio::test]
+async fn nginx_outpost_down_gives_the_basic_challenge_then_lets_the_emergency_user_in() {
+    let Some(s) = Stack::start("nginx").await else {
+        return;
+    };
+    s.harness.outpost.set_behaviour(Behaviour::Status(503));
+    let r = s
+        .get_reported(
+            "outpost 503, no credentials",
+            "/dashboard",
+            &[("X-Auth-Fallback", "true")],
+        )
+        .await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic realm=\"Emergency Access\""),
+        "{r:?}"
+    );
+    assert_eq!(r.header("x-auth-fallback"), Some("true"));
+    assert_eq!(s.backend.hits(), 0);
+    let basic = basic(FALLBACK_USER, FALLBACK_PASSWORD);
+    let r = s
+        .get_reported(
+            "outpost 503, emergency credentials",
+            "/dashboard",
+            &[("Authorization", &basic)],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(echoed(&r.body, "x-authentik-username"), [FALLBACK_USER]);
+    assert_eq!(echoed(&r.body, "x-auth-fallback"), ["true"]);
+    assert_eq!(s.backend.hits(), 1);
 }
 
 #[tokio::test]

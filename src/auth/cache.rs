@@ -9,6 +9,7 @@
 
 use std::collections::HashSet;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -237,6 +238,9 @@ pub struct Cache {
     ttl: Duration,
     /// Expiries are kept as milliseconds since this instant (8 bytes instead of 16 per entry).
     epoch: Instant,
+    /// Purges begun so far: an answer asked for before a sign-out's purge must not be stored
+    /// after it ([`Cache::insert_asked_at`]).
+    purges: AtomicU64,
 }
 
 impl Cache {
@@ -258,6 +262,7 @@ impl Cache {
             remainder: capacity % count,
             ttl,
             epoch: Instant::now(),
+            purges: AtomicU64::new(0),
         }
     }
 
@@ -314,6 +319,28 @@ impl Cache {
     /// Stores an authenticated identity, its TTL capped by the JWT `exp`. Returns whether it
     /// was stored (an already expired token is not).
     pub fn insert(&self, key: &CacheKey, identity: &Identity, now: Instant) -> bool {
+        self.put(key, identity, now, None)
+    }
+
+    /// The purge count to pass to [`Cache::insert_asked_at`]: read it before asking the outpost.
+    pub fn purges(&self) -> u64 {
+        self.purges.load(Ordering::SeqCst)
+    }
+
+    /// Stores an allow the outpost was asked for when the purge count was `purges`, unless a
+    /// purge has begun since: a sign-out that raced the check must not see the signed-out
+    /// session stored again for a whole TTL. Returns whether it was stored.
+    pub fn insert_asked_at(
+        &self,
+        key: &CacheKey,
+        identity: &Identity,
+        now: Instant,
+        purges: u64,
+    ) -> bool {
+        self.put(key, identity, now, Some(purges))
+    }
+
+    fn put(&self, key: &CacheKey, identity: &Identity, now: Instant, asked: Option<u64>) -> bool {
         let Some(ttl) = self.ttl_for(identity) else {
             return false;
         };
@@ -328,6 +355,11 @@ impl Cache {
         let index = self.index(key.hash);
         let cap = self.cap(index);
         if let Ok(mut shard) = self.shards[index].lock() {
+            // Checked under the shard lock: a purge counts first and then takes every shard's
+            // lock, so it either is seen here or removes this entry after.
+            if asked.is_some_and(|n| n != self.purges()) {
+                return false;
+            }
             shard.put(key.hash, entry);
             while shard.len() > cap {
                 shard.pop_lru();
@@ -355,6 +387,7 @@ impl Cache {
         if cred.is_empty() {
             return 0;
         }
+        self.purges.fetch_add(1, Ordering::SeqCst);
         let mut uids = HashSet::new();
         let mut removed = self.remove_where(|e| {
             let hit = shares_credential(e.key(), cred);

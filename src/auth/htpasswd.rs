@@ -203,6 +203,8 @@ fn parse_line(line: &str) -> Result<(&str, Hash), &'static str> {
     if user.chars().any(char::is_control) {
         return Err("control character in user name");
     }
+    // nginx's `name:hash:comment` form: no accepted hash contains a colon.
+    let hash = hash.split_once(':').map_or(hash, |(hash, _comment)| hash);
     let hash = parse_hash(hash.trim())?;
     Ok((user, hash))
 }
@@ -375,6 +377,19 @@ mod tests {
             assert!(file.verify("alice", "s3cret"));
             assert!(!file.verify("alice", "s3cret!"));
         }
+    }
+
+    #[test]
+    fn nginx_comment_field_is_ignored() {
+        let hash = bcrypt::hash_with_result("s3cret", 4).expect("hash");
+        let file = one(&format!(
+            "alice:{}:Alice, ops team",
+            hash.format_for_version(bcrypt::Version::TwoY)
+        ));
+        assert!(file.verify("alice", "s3cret"));
+        assert!(!file.verify("alice", "s3cret:Alice, ops team"));
+        let file = one("carol:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=:comment");
+        assert!(file.verify("carol", "password"));
     }
 
     #[test]

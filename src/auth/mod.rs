@@ -221,11 +221,12 @@ async fn led(
     leader: Leader<'_>,
     key: Option<&CacheKey>,
 ) -> Outcome {
+    let purges = rt.cache.purges();
     let outcome = ask(app, rt, endpoint, caller).await;
     if let (Outcome::Allow(a), Some(key)) = (&outcome, key) {
         if rt.cache.enabled() {
-            rt.cache
-                .insert(key, &a.identity, tokio::time::Instant::now());
+            let now = tokio::time::Instant::now();
+            rt.cache.insert_asked_at(key, &a.identity, now, purges);
         }
     }
     leader.publish(Shared {

@@ -167,7 +167,16 @@ impl Limiter {
         now: Instant,
     ) -> Option<Duration> {
         let window = self.window;
-        let by_user = user.and_then(|u| self.users_of(u).blocked(&u.digest, window, now));
+        let by_user = user.and_then(|u| {
+            let own = self.users_of(u).blocked(&u.digest, window, now);
+            // A name limited while the file lacked it (missing, or before the user was added)
+            // stays limited once the file has it, until its window passes.
+            let before = match u.known {
+                true => self.other_users.blocked(&u.digest, window, now),
+                false => None,
+            };
+            own.max(before)
+        });
         let by_address = self.addresses.blocked(&address, window, now);
         by_user.max(by_address)
     }
@@ -206,6 +215,27 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_name_limited_while_unknown_stays_limited_once_the_file_has_it() {
+        let cfg = FallbackConfig::default();
+        let mut limiter = Limiter::new(&cfg);
+        let now = Instant::now();
+        let unknown = UserKey::new("admin", false);
+        for i in 0..cfg.max_failures_per_user {
+            // A different address each time: only the user's count can trip.
+            let address = IpAddr::from([192, 0, 2, i as u8]);
+            assert!(limiter.reserve(Some(&unknown), address, now).is_ok());
+        }
+        let known = UserKey::new("admin", true);
+        let elsewhere = IpAddr::from([198, 51, 100, 1]);
+        assert!(limiter.blocked(Some(&known), elsewhere, now).is_some());
+        assert!(limiter
+            .blocked(Some(&UserKey::new("bob", true)), elsewhere, now)
+            .is_none());
+        let later = now + cfg.failure_window;
+        assert!(limiter.blocked(Some(&known), elsewhere, later).is_none());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn counter_stays_bounded_dropping_expired_then_oldest() {
