@@ -8,30 +8,34 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 use crate::app::App;
-use crate::auth::fallback::Realm;
 use crate::config::{Config, LogConfig, LogFormat};
 use crate::error::error_chain;
 use crate::metrics::Metrics;
 use crate::server::tls::EdgeCerts;
 use crate::server::{self, Listeners};
 
-/// Checks the files the config at `source` names (the htpasswd file, edge certificates) the way
-/// `serve` would load them, and words a problem like a config problem: `CONFIG:LINE: KEY: problem`,
-/// LINE being the key's line and the problem naming the file (and its line, if it has one).
-pub fn check_files(config: &Config, source: &Path) -> Result<(), String> {
+/// Every problem of the files the config at `source` names (the htpasswd file, each edge
+/// certificate and key), read the way `serve` loads them, one line each in the form of a config
+/// problem: `CONFIG:LINE: KEY: problem`, LINE being the key's line and the problem naming the
+/// file (and its line, if it has one). Empty when all are usable. `check`, `serve` and a config
+/// reload all refuse a config with any.
+pub fn file_problems(config: &Config, source: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(source).unwrap_or_default();
     let problem = |key: &str, problem: String| {
         let line = crate::config::key_line(&text, key).unwrap_or(1);
         format!("{}:{line}: {key}: {problem}", source.display())
     };
-    check_htpasswd(config).map_err(|p| problem("fallback.htpasswd_file", p))?;
-    if let Some(edge) = &config.edge {
-        EdgeCerts::load(edge).map_err(|err| {
-            let (key, p) = err.key_and_problem();
-            problem(key, p)
-        })?;
+    let mut problems = Vec::new();
+    if let Err(p) = check_htpasswd(config) {
+        problems.push(problem("fallback.htpasswd_file", p));
     }
-    Ok(())
+    if let Some(edge) = &config.edge {
+        for err in EdgeCerts::problems(edge) {
+            let (key, p) = err.key_and_problem();
+            problems.push(problem(key, p));
+        }
+    }
+    problems
 }
 
 /// What `check` reports without failing, in the same `CONFIG:LINE: KEY: ...` form: an htpasswd
@@ -51,20 +55,23 @@ pub fn file_warnings(config: &Config, source: &Path) -> Vec<String> {
     )]
 }
 
-/// The htpasswd file's problem, naming the file and, for a bad entry, its line.
+/// The htpasswd file's problem, naming the file and, for a bad entry, its line. A missing file
+/// is not one (see [`file_warnings`]).
 fn check_htpasswd(config: &Config) -> Result<(), String> {
     use crate::auth::htpasswd::HtpasswdError;
     if !config.fallback.enabled {
         return Ok(());
     }
     let file = config.fallback.htpasswd_file.display();
-    Realm::load(&config.fallback)
-        .map(|_| ())
-        .map_err(|err| match err {
-            HtpasswdError::Malformed { line, reason } => format!("{file}:{line}: {reason}"),
-            HtpasswdError::Io { source, .. } => format!("{file}: cannot read: {source}"),
-            other => format!("{file}: {other}"),
-        })
+    match crate::auth::fallback::check_file(&config.fallback.htpasswd_file) {
+        Ok(_) => Ok(()),
+        Err(HtpasswdError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(())
+        }
+        Err(HtpasswdError::Malformed { line, reason }) => Err(format!("{file}:{line}: {reason}")),
+        Err(HtpasswdError::Io { source, .. }) => Err(format!("{file}: cannot read: {source}")),
+        Err(other) => Err(format!("{file}: {other}")),
+    }
 }
 
 /// Changes the log filter of the running process (`[log] level` on reload).

@@ -423,11 +423,57 @@ pub fn key_line(text: &str, key: &str) -> Option<usize> {
     Problems::new(text).line_at(span)
 }
 
-/// A TOML syntax error as one problem on its line; the message keeps to one line.
+/// A TOML syntax error as one problem on its line, named by the key written there (or its
+/// table; `toml` when there is neither); the message keeps to one line.
 fn syntax_error(text: &str, file: &str, e: &toml_edit::TomlError) -> ConfigErrors {
     let line = Problems::new(text).line_at(e.span()).unwrap_or(1);
     let message = e.message().trim().replace('\n', "; ");
-    ConfigErrors::single(file, line, "toml", message)
+    let key = key_at_line(text, line).unwrap_or_else(|| "toml".to_owned());
+    ConfigErrors::single(file, line, &key, message)
+}
+
+/// The dotted key that line `line` of a file that does not parse writes: the table headers above
+/// it, then its own `key =`, by reading the lines (`[[edge.cert]]` counted as `edge.cert[N]`).
+/// Just the table when the line is no `key =`; `None` outside any.
+fn key_at_line(text: &str, line: usize) -> Option<String> {
+    let bare = |k: &str| {
+        !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    };
+    let mut table = None;
+    let mut arrays: Vec<(String, usize)> = Vec::new();
+    for (i, l) in text.lines().enumerate().take(line) {
+        let l = l.trim();
+        if i + 1 == line {
+            if l.starts_with('[') {
+                // A broken header names its own table.
+                let name = l.trim_matches(|c| c == '[' || c == ']').trim();
+                return bare(name).then(|| name.to_owned());
+            }
+            if let Some((k, _)) = l.split_once('=').filter(|(k, _)| bare(k.trim())) {
+                let k = k.trim();
+                return Some(table.map_or_else(|| k.to_owned(), |t| format!("{t}.{k}")));
+            }
+        }
+        if let Some(name) = l.strip_prefix("[[").and_then(|r| r.split_once("]]")) {
+            let name = name.0.trim().to_owned();
+            let n = match arrays.iter_mut().find(|(a, _)| *a == name) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    arrays.push((name.clone(), 0));
+                    0
+                }
+            };
+            table = Some(format!("{name}[{n}]"));
+        } else if let Some(name) = l.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            table = Some(name.0.trim().to_owned());
+        }
+    }
+    table
 }
 
 /// Top-level entries that are not one of [`SECTIONS`], and sections that are not tables.

@@ -26,13 +26,13 @@ enum Command {
     Serve {
         /// The TOML config file.
         #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Validate a config file and exit (0 valid, 64 invalid).
     Check {
         /// The TOML config file.
         #[arg(long, env = "PORTCULLIS_CONFIG")]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Print an htpasswd line (bcrypt) for the emergency realm; the password is read from stdin.
     HashPassword {
@@ -52,9 +52,12 @@ enum Command {
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Serve { config } => serve(config),
-        Command::Check { config } => match load(&config) {
-            Ok(loaded) => {
+        Command::Serve { config } => match named(config) {
+            Ok(config) => serve(config),
+            Err(code) => code,
+        },
+        Command::Check { config } => match named(config).and_then(|c| load(&c).map(|l| (c, l))) {
+            Ok((config, loaded)) => {
                 for warning in portcullis::cli::file_warnings(&loaded, &config) {
                     eprintln!("{warning}");
                 }
@@ -68,15 +71,26 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config file `--config` or `PORTCULLIS_CONFIG` names; naming none is a config problem.
+fn named(config: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    config.ok_or_else(|| {
+        eprintln!("no config file: pass --config FILE or set PORTCULLIS_CONFIG");
+        ExitCode::from(EXIT_CONFIG)
+    })
+}
+
 fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
     let config = Config::load(path).map_err(|errors| {
         eprintln!("{errors}");
         ExitCode::from(EXIT_CONFIG)
     })?;
-    portcullis::cli::check_files(&config, path).map_err(|problem| {
+    let problems = portcullis::cli::file_problems(&config, path);
+    for problem in &problems {
         eprintln!("{problem}");
-        ExitCode::from(EXIT_CONFIG)
-    })?;
+    }
+    if !problems.is_empty() {
+        return Err(ExitCode::from(EXIT_CONFIG));
+    }
     Ok(config)
 }
 

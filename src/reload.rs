@@ -76,9 +76,20 @@ pub fn spawn(app: Arc<App>, path: PathBuf, hup: Option<Signal>) -> tokio::task::
     })
 }
 
+/// Whether the files `config` names are usable, as `check` would judge them; each problem is
+/// logged. A config that `check` refuses is never applied.
+fn files_usable(config: &Config, path: &Path, trigger: &str) -> bool {
+    let problems = crate::cli::file_problems(config, path);
+    for problem in &problems {
+        tracing::error!(trigger, %problem, "config reload rejected; keeping the last good config");
+    }
+    problems.is_empty()
+}
+
 /// Reads, validates and applies the file once. Returns whether the new config is in force.
 pub fn reload_from(app: &App, path: &Path, trigger: &str) -> bool {
     let applied = match Config::load(path) {
+        Ok(config) if !files_usable(&config, path, trigger) => false,
         Ok(config) => match app.reload(config) {
             Ok(()) => true,
             Err(err) => {

@@ -295,6 +295,43 @@ fn serve_refuses_a_malformed_htpasswd_naming_its_line() {
 }
 
 #[test]
+fn check_lists_every_file_problem_not_only_the_first() {
+    let dir = temp_dir("cli-files");
+    let file = valid_config(&dir, free_port(), free_port());
+    std::fs::write(dir.join("htpasswd"), "admin:plaintext-password\n").unwrap();
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        "\n[edge]\nlisten_https = \"{}\"\n\n\
+         [[edge.cert]]\ncert = \"{d}/missing-a.pem\"\nkey = \"{d}/missing-a.key\"\n\n\
+         [[edge.cert]]\ncert = \"{d}/missing-b.pem\"\nkey = \"{d}/missing-b.key\"\n\n\
+         [[edge.route]]\nhost = \"app.example\"\nbackend = \"http://127.0.0.1:9\"\n",
+        free_port(),
+        d = dir.display()
+    ));
+    std::fs::write(&file, text).unwrap();
+    let out = run(&["check", "--config", file.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    let lines = stderr_lines(&out);
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(lines[0].contains("fallback.htpasswd_file: "), "{lines:#?}");
+    assert!(lines[1].contains("edge.cert[0].cert: ") && lines[1].contains("missing-a.pem"));
+    assert!(lines[2].contains("edge.cert[1].cert: ") && lines[2].contains("missing-b.pem"));
+}
+
+#[test]
+fn no_config_named_anywhere_is_a_config_error() {
+    let out = run(&["check"], None);
+    assert_eq!(out.status.code(), Some(EXIT_CONFIG), "{out:?}");
+    let lines = stderr_lines(&out);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("--config") && l.contains("PORTCULLIS_CONFIG")),
+        "{lines:#?}"
+    );
+}
+
+#[test]
 fn portcullis_config_names_the_file_when_config_is_absent() {
     let dir = temp_dir("cli-env");
     let good = valid_config(&dir, free_port(), free_port());

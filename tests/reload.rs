@@ -64,6 +64,28 @@ async fn reload_applies_a_new_cache_ttl() {
 }
 
 #[tokio::test]
+async fn a_config_naming_an_unusable_file_is_rejected_as_check_rejects_it() {
+    let (h, file) = harness_with_file("reload-files", "60s").await;
+    let generation = h.app.runtime().generation;
+    let bad = temp_dir("reload-files-ht").join("htpasswd");
+    std::fs::write(&bad, "admin:plaintext-password\n").unwrap();
+    let text = file.text(&[("cache", "ttl = \"0s\"")]).replace(
+        &file.htpasswd.display().to_string(),
+        &bad.display().to_string(),
+    );
+    std::fs::write(&file.path, text).unwrap();
+    assert!(!reload_from(&h.app, &file.path, "test"));
+    let rt = h.app.runtime();
+    assert_eq!(rt.generation, generation);
+    assert_eq!(rt.config.cache.ttl, Duration::from_secs(60));
+    assert_eq!(
+        h.app.metrics.config_reload(false).get(),
+        1,
+        "counted as rejected"
+    );
+}
+
+#[tokio::test]
 async fn broken_file_is_rejected_and_the_old_config_keeps_answering() {
     let (h, file) = harness_with_file("reload-broken", "60s").await;
     let (url, cookie) = (h.url(TRAEFIK), h.session_cookie("akadmin"));

@@ -140,8 +140,8 @@ pub(super) fn outpost(s: &Section<'_>, p: &mut Problems<'_>) -> OutpostConfig {
     s.reject_unknown(p, OUTPOST_KEYS);
     let mut c = OutpostConfig::default();
     if !s.has("url") {
-        // A missing key has no line of its own; the contract points at the file's first line.
-        p.add(1, s.dotted("url"), "missing (required)");
+        // A missing key has no line of its own: the `[outpost]` header's, else the first line.
+        s.fail(p, "url", "missing (required)");
     }
     set(
         &mut c.url,
@@ -277,11 +277,41 @@ fn realm(s: &Section<'_>, p: &mut Problems<'_>) -> Option<String> {
 
 fn htpasswd_file(s: &Section<'_>, p: &mut Problems<'_>) -> Option<PathBuf> {
     let text = s.string(p, "htpasswd_file")?;
+    secret_path(s, p, "htpasswd_file", text)
+}
+
+/// A path naming a secret (htpasswd, certificate, key). Secrets are never inline (DESIGN.md
+/// section 6): a value that is the secret itself (PEM, an htpasswd line, anything multi-line) is
+/// refused without being repeated, so it never reaches a terminal or a log.
+fn secret_path(s: &Section<'_>, p: &mut Problems<'_>, key: &str, text: &str) -> Option<PathBuf> {
     if text.is_empty() {
-        s.fail(p, "htpasswd_file", "must not be empty");
+        s.fail(p, key, "must not be empty");
+        return None;
+    }
+    if let Some(what) = inline_secret(text) {
+        s.fail(
+            p,
+            key,
+            format!("looks like {what}, not a file path: secrets are never inline, name the file that holds it"),
+        );
         return None;
     }
     Some(PathBuf::from(text))
+}
+
+/// What an inline secret in a path value looks like, if it is one.
+fn inline_secret(text: &str) -> Option<&'static str> {
+    if text.contains("-----BEGIN") {
+        return Some("inline PEM");
+    }
+    if text.contains(['\n', '\r']) {
+        return Some("a multi-line value");
+    }
+    let hashed = ["$2y$", "$2b$", "$2a$", "$argon2", "$apr1$", "{SHA}"];
+    let htpasswd_line = text
+        .split_once(':')
+        .is_some_and(|(_, rest)| hashed.iter().any(|h| rest.starts_with(h)));
+    htpasswd_line.then_some("an htpasswd line")
 }
 
 /// `[log]`.
@@ -407,11 +437,7 @@ fn required_path(s: &Section<'_>, p: &mut Problems<'_>, key: &str) -> Option<Pat
         return None;
     }
     let text = s.string(p, key)?;
-    if text.is_empty() {
-        s.fail(p, key, "must not be empty");
-        return None;
-    }
-    Some(PathBuf::from(text))
+    secret_path(s, p, key, text)
 }
 
 /// One `[[edge.route]]`.

@@ -224,7 +224,27 @@ fn unknown_sections_are_reported() {
 fn syntax_error_is_one_problem_on_its_line() {
     let lines = problems("[server]\nlisten = \"0.0.0.0:9000\"\nworkers = = 3\n");
     assert_eq!(lines.len(), 1);
-    assert!(lines[0].starts_with("f.toml:3: toml: "), "{}", lines[0]);
+    assert!(
+        lines[0].starts_with("f.toml:3: server.workers: "),
+        "{}",
+        lines[0]
+    );
+}
+
+#[test]
+fn syntax_errors_name_the_key_or_table_written_on_their_line() {
+    let first = |text: &str| problems(text).remove(0);
+    let dup = first("[outpost]\nurl = \"http://a:1\"\n[cache]\nttl = \"1s\"\nttl = \"2s\"\n");
+    assert!(dup.starts_with("f.toml:5: cache.ttl: "), "{dup}");
+    let cert = "[[edge.cert]]\ncert = \"a\"\n[[edge.cert]]\ncert = \"b\nkey = 1\n";
+    assert!(
+        first(cert).starts_with("f.toml:4: edge.cert[1].cert: "),
+        "{}",
+        first(cert)
+    );
+    let header = first("[outpost]\nurl = \"http://a:1\"\n[cache\n");
+    assert!(header.starts_with("f.toml:3: cache: "), "{header}");
+    assert!(first("= 3\n").starts_with("f.toml:1: toml: "));
 }
 
 #[test]
@@ -602,4 +622,35 @@ fn key_line_finds_dotted_keys_and_array_entries() {
     assert_eq!(key_line(text, "edge.cert[2].cert"), None);
     assert_eq!(key_line(text, "fallback.missing"), None);
     assert_eq!(key_line("not toml [", "fallback.htpasswd_file"), None);
+}
+
+#[test]
+fn inline_secrets_are_refused_without_being_repeated() {
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----";
+    let toml = format!(
+        "[edge]\nlisten_https = \"127.0.0.1:8443\"\n[[edge.cert]]\ncert = \"/etc/tls/home.pem\"\nkey = \"\"\"{pem}\"\"\"\n"
+    );
+    let lines = problems_with(&toml);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("edge.cert[0].key: looks like inline PEM")),
+        "{lines:?}"
+    );
+    assert!(lines.iter().all(|l| !l.contains("MIIEvQ")), "{lines:?}");
+    let line = "admin:$2y$10$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01";
+    assert_eq!(
+        problems_with(&format!("[fallback]\nhtpasswd_file = \"{line}\"\n")),
+        ["f.toml:4: fallback.htpasswd_file: looks like an htpasswd line, not a file path: secrets are never inline, name the file that holds it"]
+    );
+    // Ordinary paths, colons included, are paths.
+    let c = Config::from_toml(
+        &format!("{MINIMAL}[fallback]\nhtpasswd_file = \"/run/secrets/a:b/htpasswd\"\n"),
+        "f.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        c.fallback.htpasswd_file,
+        std::path::PathBuf::from("/run/secrets/a:b/htpasswd")
+    );
 }

@@ -392,6 +392,12 @@ impl Realm {
 }
 
 /// Reads the whole file, refusing more than [`MAX_FILE_BYTES`].
+/// Reads and parses an htpasswd file the way the realm does, without a realm (for `check` and a
+/// config reload). Returns the number of users.
+pub fn check_file(path: &Path) -> Result<usize, HtpasswdError> {
+    Ok(Htpasswd::parse(&read_bounded(path)?)?.len())
+}
+
 fn read_bounded(path: &Path) -> Result<String, HtpasswdError> {
     let io = |source| HtpasswdError::Io {
         path: path.to_owned(),
