@@ -114,7 +114,8 @@ fn identity_headers(user: &str, jwt: &str) -> Vec<(HeaderName, HeaderValue)> {
         "goauthentik.io/outpost/2026.5.0".to_owned(),
     ];
     IDENTITY
-        .into_iter()
+        .iter()
+        .cloned()
         .zip(values)
         .map(|(n, v)| (n, HeaderValue::from_str(&v).unwrap()))
         .collect()

@@ -76,7 +76,8 @@ fn identity(i: u64, jwt: &str) -> Identity {
         "goauthentik.io/outpost/2026.5.0".to_owned(),
     ];
     let headers: Vec<(HeaderName, HeaderValue)> = IDENTITY
-        .into_iter()
+        .iter()
+        .cloned()
         .zip(values)
         .map(|(n, v)| (n, HeaderValue::from_str(&v).expect("header value")))
         .collect();

@@ -94,7 +94,7 @@ impl Identity {
 
     /// Every header, the twelve fixed ones first.
     pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
-        let fixed = IDENTITY.into_iter().zip(self.ends);
+        let fixed = IDENTITY.iter().cloned().zip(self.ends);
         let extra = self.extra.iter().map(|(n, end)| (n.clone(), *end));
         let mut start = 0;
         fixed.chain(extra).map(move |(name, end)| {

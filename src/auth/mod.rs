@@ -370,7 +370,7 @@ fn fallback_allow(user: &Arc<str>) -> Option<Response<Body>> {
     let user = HeaderValue::from_str(user).ok().filter(|v| !v.is_empty())?;
     let mut resp = Response::new(Body::Empty);
     let h = resp.headers_mut();
-    for name in IDENTITY {
+    for name in &IDENTITY {
         h.insert(name, headers::EMPTY);
     }
     h.insert(X_AUTHENTIK_USERNAME, user);

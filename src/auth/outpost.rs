@@ -252,7 +252,7 @@ pub fn classify(answer: &Answer) -> Outcome {
         return Outcome::Allow(Arc::new(allowed(&fields)));
     }
     let mut anonymous = relayed(code, &fields, answer);
-    for name in IDENTITY {
+    for name in &IDENTITY {
         anonymous.headers.insert(name, headers::EMPTY);
     }
     drop_odd_identity_spellings(&mut anonymous.headers);
@@ -455,7 +455,7 @@ mod tests {
             ("X-Custom", "1"),
             ("Date", "now"),
         ]);
-        for name in IDENTITY {
+        for name in &IDENTITY {
             assert!(names.iter().any(|n| n == name.as_str()), "{name}");
         }
         assert_eq!(
