@@ -43,7 +43,7 @@ const FIELD_END: u8 = 0;
 const AUTH_MARK: u8 = 1;
 
 /// The full key: `generation | host \0 (name=value \0)* \1 authorization`.
-#[derive(Clone, PartialEq, Eq, Hash)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct CacheKey {
     bytes: Vec<u8>,
     hash: u64,
@@ -98,6 +98,20 @@ impl CacheKey {
     /// The 64-bit index hash.
     pub fn hash(&self) -> u64 {
         self.hash
+    }
+}
+
+impl std::hash::Hash for CacheKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // `hash` already covers every byte of a key up to `2 * HASH_SAMPLE` (keyed per process):
+        // hashing them again cost ~1 µs of SipHash per coalescing-map operation on a miss. A
+        // longer key's `hash` was sampled, so its bytes are hashed in full here, or keys crafted
+        // with equal ends would all share one bucket.
+        if self.bytes.len() <= 2 * HASH_SAMPLE {
+            state.write_u64(self.hash);
+        } else {
+            self.bytes.hash(state);
+        }
     }
 }
 
@@ -507,6 +521,39 @@ mod tests {
         assert_ne!(a, key("authentik_proxy_abcd1234=S2", "app", &s).unwrap());
         assert_ne!(a, key("authentik_proxy_abcd1234=S1", "other", &s).unwrap());
         assert!(key("theme=dark", "app", &s).is_none());
+    }
+
+    #[test]
+    fn keys_as_map_keys_follow_their_bytes_short_and_long() {
+        let s = RandomState::new();
+        let mut map = std::collections::HashMap::new();
+        let short = key("authentik_proxy_abcd1234=S1", "app", &s).unwrap();
+        map.insert(short.clone(), 1);
+        assert_eq!(
+            map.get(&key("authentik_proxy_abcd1234=S1", "app", &s).unwrap()),
+            Some(&1)
+        );
+        assert_eq!(
+            map.get(&key("authentik_proxy_abcd1234=S2", "app", &s).unwrap()),
+            None
+        );
+        // Long keys that differ only in the middle: the sampled index hash is equal, the keys are
+        // not, and each finds only its own entry.
+        let long = |middle: char| {
+            let value = format!("{}{}{}", "a".repeat(3000), middle, "z".repeat(3000));
+            key(&format!("authentik_proxy_abcd1234={value}"), "app", &s).unwrap()
+        };
+        let (x, y) = (long('x'), long('y'));
+        assert_eq!(x.hash, y.hash, "the index hash samples the ends");
+        map.insert(x.clone(), 2);
+        map.insert(y.clone(), 3);
+        assert_eq!((map.get(&x), map.get(&y)), (Some(&2), Some(&3)));
+        use std::hash::BuildHasher as _;
+        assert_ne!(
+            s.hash_one(&x),
+            s.hash_one(&y),
+            "long keys hash all their bytes as map keys"
+        );
     }
 
     #[test]
