@@ -187,12 +187,16 @@ pub(crate) async fn pass(
     let rt = app.runtime();
     let (parts, body) = req.into_parts();
     // `sign_out`, or any outpost path carrying the logout signature (the outpost signs out on
-    // either): purge first, so no cached allow outlives the session.
+    // either): purge first, so no cached allow outlives the session, and again once the outpost
+    // has answered (below).
     let url = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-    if auth::request::is_sign_out(url.as_bytes()) {
+    let sign_out = auth::request::is_sign_out(url.as_bytes()).then(|| {
         let caller =
             auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
-        rt.cache.purge(&auth::cache::Credentials::of(&caller));
+        auth::cache::Credentials::of(&caller)
+    });
+    if let Some(cred) = &sign_out {
+        rt.cache.purge(cred);
     }
     let started = Instant::now();
     let trusted: &[ipnet::IpNet] = if trust_forwarded {
@@ -202,6 +206,11 @@ pub(crate) async fn pass(
     };
     let result = passthrough::forward(&rt, parts, body, peer.ip(), tls, trusted).await;
     let outpost_seconds = Some(started.elapsed().as_secs_f64());
+    // A check that began after the first purge may have been answered before the outpost ended
+    // the session; this purge removes its entry, or keeps it from being stored.
+    if let Some(cred) = &sign_out {
+        rt.cache.purge(cred);
+    }
     match result {
         Ok(response) => Answer {
             response,

@@ -385,6 +385,43 @@ async fn a_check_in_flight_during_a_sign_out_is_not_stored_after_it() {
 }
 
 #[tokio::test]
+async fn a_check_answered_while_the_outpost_is_still_signing_out_is_not_kept() {
+    // The sign-out reaches the outpost first but takes long; a check that starts after it (after
+    // the first purge) is answered 200 before the session ends. The purge after the sign-out's
+    // answer must remove what that check stored.
+    let h = start(trust_loopback).await;
+    let cookie = h.session_cookie("akadmin");
+    h.outpost
+        .set_behaviour(Behaviour::Delay(Duration::from_millis(600)));
+    let sign_out_url = h.url("/outpost.goauthentik.io/sign_out");
+    let sign_out_headers = [("host", "app.example"), ("cookie", cookie.as_str())];
+    let sign_out = get(&sign_out_url, &sign_out_headers);
+    let check_meanwhile = async {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while h.outpost.stats().requests_total == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the sign-out never reached the outpost"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        h.outpost
+            .set_behaviour(Behaviour::Delay(Duration::from_millis(50)));
+        let r = check(&h, "app.example", "/", Some(&cookie)).await;
+        let stored = h.app.runtime().cache.len();
+        (r, stored)
+    };
+    let (out, (first, stored)) = tokio::join!(sign_out, check_meanwhile);
+    assert_eq!(first.status, 200, "answered before the session ended");
+    assert_eq!(stored, 1, "stored while the sign-out was still running");
+    assert_eq!(out.status, 302);
+    assert!(h.app.runtime().cache.is_empty(), "the sign-out left it");
+    h.outpost.set_behaviour(Behaviour::Normal);
+    let r = check(&h, "app.example", "/", Some(&cookie)).await;
+    assert_eq!(r.status, 302, "the signed-out session must not be answered");
+}
+
+#[tokio::test]
 async fn an_outpost_path_with_the_logout_signature_purges_too() {
     let h = start(trust_loopback).await;
     for path in [

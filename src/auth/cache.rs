@@ -7,10 +7,10 @@
 //! held across an `.await`. The shards' caps sum to exactly `cache.capacity`, so the cache never
 //! holds more; below 4096 entries there is one shard, and eviction is exactly LRU.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::HeaderValue;
@@ -169,7 +169,7 @@ const MAX_PURGE_COOKIES: usize = 64;
 const MAX_PURGE_VALUE: usize = 8 * 1024;
 
 /// The credentials of a sign-out request, for purging.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Credentials {
     /// `name=value` of each session cookie.
     cookies: HashSet<Vec<u8>>,
@@ -253,8 +253,34 @@ pub struct Cache {
     /// Expiries are kept as milliseconds since this instant (8 bytes instead of 16 per entry).
     epoch: Instant,
     /// Purges begun so far: an answer asked for before a sign-out's purge must not be stored
-    /// after it ([`Cache::insert_asked_at`]).
+    /// after it if the purge concerned it ([`Cache::insert_asked_at`]).
     purges: AtomicU64,
+    /// The latest purges (at most [`PURGE_LOG`]), oldest first, numbered as `purges` counts.
+    purged: Mutex<VecDeque<Purged>>,
+}
+
+/// Purges remembered for the checks in flight when they ran; a check whose purge count is older
+/// than the log reaches back is not stored (a flood of sign-outs only costs misses).
+const PURGE_LOG: usize = 256;
+
+/// One purge, for the checks that were in flight while it ran.
+#[derive(Debug)]
+struct Purged {
+    /// Its number: the value `purges` took when it began.
+    seq: u64,
+    cred: Credentials,
+    /// The users (`X-authentik-uid`) of the entries it removed, complete once `done`.
+    uids: HashSet<Vec<u8>>,
+    done: bool,
+}
+
+impl Purged {
+    /// Whether this purge removes (or would have removed) `entry`.
+    fn concerns(&self, entry: &Entry) -> bool {
+        !self.done
+            || shares_credential(entry.key(), &self.cred)
+            || uid_of(entry).is_some_and(|u| self.uids.contains(u))
+    }
 }
 
 impl Cache {
@@ -277,6 +303,7 @@ impl Cache {
             ttl,
             epoch: Instant::now(),
             purges: AtomicU64::new(0),
+            purged: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -342,8 +369,9 @@ impl Cache {
     }
 
     /// Stores an allow the outpost was asked for when the purge count was `purges`, unless a
-    /// purge has begun since: a sign-out that raced the check must not see the signed-out
-    /// session stored again for a whole TTL. Returns whether it was stored.
+    /// purge begun since concerns it (its credential, or its user): a sign-out that raced the
+    /// check must not see the signed-out session stored again for a whole TTL. Other users'
+    /// allows are stored as usual. Returns whether it was stored.
     pub fn insert_asked_at(
         &self,
         key: &CacheKey,
@@ -369,9 +397,9 @@ impl Cache {
         let index = self.index(key.hash);
         let cap = self.cap(index);
         if let Ok(mut shard) = self.shards[index].lock() {
-            // Checked under the shard lock: a purge counts first and then takes every shard's
-            // lock, so it either is seen here or removes this entry after.
-            if asked.is_some_and(|n| n != self.purges()) {
+            // Checked under the shard lock: a purge is logged and counted first and then takes
+            // every shard's lock, so it either is seen here or removes this entry after.
+            if asked.is_some_and(|n| self.purged_since(n, &entry)) {
                 return false;
             }
             shard.put(key.hash, entry);
@@ -395,13 +423,42 @@ impl Cache {
         (!left.is_zero()).then(|| left.min(self.ttl))
     }
 
+    /// Whether a purge begun after the purge count was `asked` concerns `entry` (or may have:
+    /// one the log no longer holds).
+    fn purged_since(&self, asked: u64, entry: &Entry) -> bool {
+        if self.purges() == asked {
+            return false;
+        }
+        let log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
+        if log.front().is_none_or(|p| p.seq > asked + 1) {
+            return true;
+        }
+        log.iter()
+            .filter(|p| p.seq > asked)
+            .any(|p| p.concerns(entry))
+    }
+
     /// Removes every entry that shares a credential with `cred`, on every host, and every entry
     /// of the same users (by `X-authentik-uid`). Returns how many were removed.
     pub fn purge(&self, cred: &Credentials) -> usize {
         if cred.is_empty() {
             return 0;
         }
-        self.purges.fetch_add(1, Ordering::SeqCst);
+        let seq = {
+            let mut log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
+            let seq = self.purges() + 1;
+            if log.len() == PURGE_LOG {
+                log.pop_front();
+            }
+            log.push_back(Purged {
+                seq,
+                cred: cred.clone(),
+                uids: HashSet::new(),
+                done: false,
+            });
+            self.purges.store(seq, Ordering::SeqCst);
+            seq
+        };
         let mut uids = HashSet::new();
         let mut removed = self.remove_where(|e| {
             let hit = shares_credential(e.key(), cred);
@@ -412,6 +469,11 @@ impl Cache {
         });
         if !uids.is_empty() {
             removed += self.remove_where(|e| uid_of(e).is_some_and(|u| uids.contains(u)));
+        }
+        let mut log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = log.iter_mut().find(|p| p.seq == seq) {
+            p.uids = uids;
+            p.done = true;
         }
         removed
     }
@@ -567,6 +629,49 @@ mod tests {
         assert!(cache.insert(&alice, &identity("alice"), now));
         assert_eq!(cache.get(&mallory, now).0, Lookup::Miss);
         assert_eq!(cache.get(&alice, now).0, Lookup::Hit);
+    }
+
+    fn cred(cookie: &str) -> Credentials {
+        let p = parts(cookie, None);
+        Credentials::of(&Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false))
+    }
+
+    #[test]
+    fn a_purge_keeps_only_what_it_concerns_from_being_stored_after_it() {
+        let s = RandomState::new();
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let now = Instant::now();
+        let alice = key("authentik_proxy_a=alice-1", "app", &s).unwrap();
+        let alice_other_browser = key("authentik_proxy_a=alice-2", "app", &s).unwrap();
+        let bob = key("authentik_proxy_a=bob-1", "app", &s).unwrap();
+        assert!(cache.insert(&alice, &identity("alice"), now));
+        // Checks in flight for all three, then alice signs out (her entry names her uid).
+        let asked = cache.purges();
+        assert_eq!(cache.purge(&cred("authentik_proxy_a=alice-1")), 1);
+        assert!(!cache.insert_asked_at(&alice, &identity("alice"), now, asked));
+        assert!(
+            !cache.insert_asked_at(&alice_other_browser, &identity("alice"), now, asked),
+            "the same user through another credential"
+        );
+        assert!(
+            cache.insert_asked_at(&bob, &identity("bob"), now, asked),
+            "someone else's sign-out must not keep bob out of the cache"
+        );
+        // A check asked after the purge is stored as usual.
+        assert!(cache.insert_asked_at(&alice, &identity("alice"), now, cache.purges()));
+    }
+
+    #[test]
+    fn more_purges_than_the_log_holds_store_nothing_asked_before_them() {
+        let s = RandomState::new();
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let bob = key("authentik_proxy_a=bob-1", "app", &s).unwrap();
+        let asked = cache.purges();
+        for i in 0..=PURGE_LOG {
+            cache.purge(&cred(&format!("authentik_proxy_a=junk-{i}")));
+        }
+        assert!(!cache.insert_asked_at(&bob, &identity("bob"), Instant::now(), asked));
+        assert!(cache.insert_asked_at(&bob, &identity("bob"), Instant::now(), cache.purges()));
     }
 
     #[test]

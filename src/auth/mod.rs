@@ -82,8 +82,10 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     // Login and logout flows, and the outpost's own paths, are never cached (DESIGN.md 3).
     let signed =
         has_outpost_signature(forwarded.as_bytes()) || is_outpost_path(forwarded.as_bytes());
-    if is_sign_out(forwarded.as_bytes()) {
-        rt.cache.purge(&Credentials::of(&caller));
+    // Purged now, and again once the outpost has answered (as for a passthrough sign-out).
+    let sign_out = is_sign_out(forwarded.as_bytes()).then(|| Credentials::of(&caller));
+    if let Some(cred) = &sign_out {
+        rt.cache.purge(cred);
     }
     let host = caller.host().unwrap_or(headers::EMPTY);
     // Coalescing needs the key even with the cache off; signed URLs get neither.
@@ -115,6 +117,9 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
         }
         None => ask(app, &rt, endpoint, &caller).await,
     };
+    if let Some(cred) = &sign_out {
+        rt.cache.purge(cred);
+    }
     let seconds = Some(started.elapsed().as_secs_f64());
     match outcome {
         Outcome::Allow(a) => Answer {

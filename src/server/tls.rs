@@ -123,7 +123,6 @@ impl ResolvesServerCert for EdgeCerts {
 }
 
 impl EdgeCerts {
-    /// Loads every certificate of `config`; a start-up error names the key at fault.
     /// Every problem of the certificate files `config` names, one per pair at most (`load`
     /// stops at the first), for `check` and a config reload.
     pub fn problems(config: &EdgeConfig) -> Vec<TlsError> {
@@ -136,6 +135,7 @@ impl EdgeCerts {
             .collect()
     }
 
+    /// Loads every certificate of `config`; a start-up error names the key at fault.
     pub fn load(config: &EdgeConfig) -> Result<Arc<EdgeCerts>, TlsError> {
         // Stamps first: a file replaced while (or after) it is read counts as a change.
         let loaded = stamps(config);

@@ -391,13 +391,13 @@ impl Realm {
     }
 }
 
-/// Reads the whole file, refusing more than [`MAX_FILE_BYTES`].
 /// Reads and parses an htpasswd file the way the realm does, without a realm (for `check` and a
 /// config reload). Returns the number of users.
 pub fn check_file(path: &Path) -> Result<usize, HtpasswdError> {
     Ok(Htpasswd::parse(&read_bounded(path)?)?.len())
 }
 
+/// Reads the whole file, refusing more than [`MAX_FILE_BYTES`].
 fn read_bounded(path: &Path) -> Result<String, HtpasswdError> {
     let io = |source| HtpasswdError::Io {
         path: path.to_owned(),
