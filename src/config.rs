@@ -436,10 +436,23 @@ fn syntax_error(text: &str, file: &str, e: &toml_edit::TomlError) -> ConfigError
 /// it, then its own `key =`, by reading the lines (`[[edge.cert]]` counted as `edge.cert[N]`).
 /// Just the table when the line is no `key =`; `None` outside any.
 fn key_at_line(text: &str, line: usize) -> Option<String> {
-    let bare = |k: &str| {
-        !k.is_empty()
-            && k.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+    // Only names this file format has are repeated: the text around a syntax error may be a
+    // secret pasted into the wrong place.
+    let known = |k: &str| {
+        use sections::*;
+        let keys = [
+            SECTIONS,
+            SERVER_KEYS,
+            OUTPOST_KEYS,
+            CACHE_KEYS,
+            FALLBACK_KEYS,
+            LOG_KEYS,
+            EDGE_KEYS,
+            CERT_KEYS,
+            ROUTE_KEYS,
+        ];
+        let last = k.rsplit('.').next().unwrap_or(k);
+        keys.iter().any(|list| list.contains(&last))
     };
     let mut table = None;
     let mut arrays: Vec<(String, usize)> = Vec::new();
@@ -449,9 +462,9 @@ fn key_at_line(text: &str, line: usize) -> Option<String> {
             if l.starts_with('[') {
                 // A broken header names its own table.
                 let name = l.trim_matches(|c| c == '[' || c == ']').trim();
-                return bare(name).then(|| name.to_owned());
+                return known(name).then(|| name.to_owned());
             }
-            if let Some((k, _)) = l.split_once('=').filter(|(k, _)| bare(k.trim())) {
+            if let Some((k, _)) = l.split_once('=').filter(|(k, _)| known(k.trim())) {
                 let k = k.trim();
                 return Some(table.map_or_else(|| k.to_owned(), |t| format!("{t}.{k}")));
             }

@@ -47,6 +47,7 @@ pub fn spawn(app: Arc<App>, path: PathBuf, hup: Option<Signal>) -> tokio::task::
     let mut hup = hup;
     tokio::spawn(async move {
         let mut seen = fingerprint(&path);
+        let mut waiting: Option<Waiting> = None;
         let mut tick = tokio::time::interval(POLL);
         loop {
             let by_signal = tokio::select! {
@@ -63,17 +64,65 @@ pub fn spawn(app: Arc<App>, path: PathBuf, hup: Option<Signal>) -> tokio::task::
                 );
                 seen = None;
             }
-            if !by_signal && (now == seen || now.is_none()) {
+            // A config refused because a file it names was unusable (a certificate pair
+            // half-rotated, an htpasswd half-written) is tried again once those files change.
+            let files_changed = waiting.as_ref().is_some_and(|w| w.changed());
+            if !by_signal && !files_changed && (now == seen || now.is_none()) {
                 continue;
             }
             seen = now;
-            reload_from(
-                &app,
-                &path,
-                if by_signal { "SIGHUP" } else { "file changed" },
-            );
+            let trigger = match (by_signal, files_changed) {
+                (true, _) => "SIGHUP",
+                (false, true) => "named file changed",
+                (false, false) => "file changed",
+            };
+            waiting = match reload(&app, &path, trigger) {
+                Reload::FilesUnusable(files) => Some(Waiting::on(files)),
+                Reload::Applied | Reload::Rejected => None,
+            };
         }
     })
+}
+
+/// The files a refused config names, as they were when it was refused.
+struct Waiting(Vec<(PathBuf, Option<Fingerprint>)>);
+
+impl Waiting {
+    fn on(files: Vec<PathBuf>) -> Waiting {
+        Waiting(
+            files
+                .into_iter()
+                .map(|f| {
+                    let p = fingerprint(&f);
+                    (f, p)
+                })
+                .collect(),
+        )
+    }
+
+    fn changed(&self) -> bool {
+        self.0.iter().any(|(f, p)| fingerprint(f) != *p)
+    }
+}
+
+/// How one reload ended.
+enum Reload {
+    Applied,
+    /// The file itself was invalid, or the app refused it.
+    Rejected,
+    /// It was valid, but a file it names (these) was not usable.
+    FilesUnusable(Vec<PathBuf>),
+}
+
+/// The files `config` names: the htpasswd file, each certificate and key.
+fn named_files(config: &Config) -> Vec<PathBuf> {
+    let mut files = vec![config.fallback.htpasswd_file.clone()];
+    if let Some(edge) = &config.edge {
+        for c in &edge.certs {
+            files.extend([c.cert.clone(), c.key.clone()]);
+        }
+    }
+    files
 }
 
 /// Whether the files `config` names are usable, as `check` would judge them; each problem is
@@ -88,22 +137,29 @@ fn files_usable(config: &Config, path: &Path, trigger: &str) -> bool {
 
 /// Reads, validates and applies the file once. Returns whether the new config is in force.
 pub fn reload_from(app: &App, path: &Path, trigger: &str) -> bool {
-    let applied = match Config::load(path) {
-        Ok(config) if !files_usable(&config, path, trigger) => false,
+    matches!(reload(app, path, trigger), Reload::Applied)
+}
+
+fn reload(app: &App, path: &Path, trigger: &str) -> Reload {
+    let outcome = match Config::load(path) {
+        Ok(config) if !files_usable(&config, path, trigger) => {
+            Reload::FilesUnusable(named_files(&config))
+        }
         Ok(config) => match app.reload(config) {
-            Ok(()) => true,
+            Ok(()) => Reload::Applied,
             Err(err) => {
                 tracing::error!(trigger, error = %err, "config reload rejected; keeping the last good config");
-                false
+                Reload::Rejected
             }
         },
         Err(errors) => {
             for p in &errors.problems {
                 tracing::error!(trigger, file = %errors.file, line = p.line, key = %p.key, problem = %p.problem, "config reload rejected");
             }
-            false
+            Reload::Rejected
         }
     };
+    let applied = matches!(outcome, Reload::Applied);
     app.metrics.config_reload(applied).inc();
     if applied {
         tracing::info!(
@@ -112,5 +168,5 @@ pub fn reload_from(app: &App, path: &Path, trigger: &str) -> bool {
             "config reloaded"
         );
     }
-    applied
+    outcome
 }

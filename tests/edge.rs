@@ -542,11 +542,17 @@ async fn backend_sees_the_peer_in_x_real_ip_not_the_clients_claim() {
         .get(
             "open.example",
             "/",
-            &[("x-real-ip", "10.9.9.9"), ("X_Real_IP", "10.8.8.8")],
+            &[
+                ("x-real-ip", "10.9.9.9"),
+                ("X_Real_IP", "10.8.8.8"),
+                ("x.real.ip", "10.7.7.7"),
+            ],
         )
         .await;
     assert_eq!(r.status, 200);
     let seen = edge.backend.last();
+    assert_eq!(header(&seen, "x_real_ip"), None);
+    assert_eq!(header(&seen, "x.real.ip"), None);
     let real: Vec<_> = seen.headers.get_all("x-real-ip").iter().collect();
     assert_eq!(real, ["127.0.0.1"]);
     assert_eq!(header(&seen, "x-forwarded-for"), Some("127.0.0.1"));
@@ -560,6 +566,35 @@ async fn outpost_paths_go_to_the_outpost_on_every_host() {
         .await;
     assert_eq!(r.status, 204);
     assert_eq!(edge.outpost.stats().pings, 1);
+    assert!(edge.backend.requests().is_empty());
+}
+
+#[tokio::test]
+async fn emergency_logins_are_limited_by_the_tcp_peer_never_a_forwarded_address() {
+    // Even a trusted peer's X-Forwarded-For does not name the client at the edge: ten failures
+    // claiming ten addresses limit the one peer they all came from.
+    let edge =
+        start_with(|c| c.server.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    edge.outpost.set_behaviour(Behaviour::Status(503));
+    for i in 0..10 {
+        let (auth, forwarded) = (
+            support::basic(&format!("nobody-{i}"), "wrong"),
+            format!("10.0.0.{i}"),
+        );
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("x-forwarded-for", forwarded.as_str()),
+        ];
+        let r = edge.get("app.example", "/", &headers).await;
+        assert_eq!(r.status, 401, "attempt {i}");
+    }
+    let auth = support::basic(support::FALLBACK_USER, support::FALLBACK_PASSWORD);
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("x-forwarded-for", "10.0.0.99"),
+    ];
+    let r = edge.get("app.example", "/", &headers).await;
+    assert_eq!(r.status, 429, "{r:?}");
     assert!(edge.backend.requests().is_empty());
 }
 

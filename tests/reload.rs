@@ -337,6 +337,20 @@ async fn listen_change_in_the_running_binary_asks_for_a_restart() {
 }
 
 #[tokio::test]
+async fn a_config_refused_for_a_half_written_file_applies_once_the_file_is_whole() {
+    let (_outpost, file, bin) = start_binary("reload-retry", &[]).await;
+    assert_eq!(get(&bin.url("/healthz"), &[]).await.status, 200);
+    // The htpasswd is being rewritten when the config changes: the config is refused...
+    let good = std::fs::read_to_string(&file.htpasswd).unwrap();
+    std::fs::write(&file.htpasswd, "admin:$2y$10$half-writ").unwrap();
+    file.write(&[("cache", "ttl = \"3s\"")]);
+    wait_reloads(&bin, "rejected", 1.0, Duration::from_millis(2500)).await;
+    // ...and applied, with no further change to the config, once the htpasswd is whole.
+    std::fs::write(&file.htpasswd, good).unwrap();
+    wait_reloads(&bin, "ok", 1.0, Duration::from_millis(2500)).await;
+}
+
+#[tokio::test]
 async fn log_level_change_applies_on_reload_without_a_restart() {
     let (outpost, file, bin) = start_binary("reload-log", &[("log", "level = \"warn\"")]).await;
     let cookie = format!("{}={}", outpost.cookie_name(), outpost.login("akadmin"));

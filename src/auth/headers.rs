@@ -97,17 +97,19 @@ fn has_family_prefix(name: &str, prefix: &str) -> bool {
         })
 }
 
-/// Any spelling of `X-Auth-Fallback` (`-`, `_`, `.`, any case): backends that fold `_` and `.`
-/// into `-` (CGI, PHP, WSGI) would read them as the marker.
+/// Whether `name` is `canonical` (lower case) in any spelling: `-`, `_` or `.` for each dash,
+/// any case. Backends that fold `_` and `.` into `-` (CGI, PHP, WSGI) read them all alike.
+pub fn is_spelling_of(name: &str, canonical: &str) -> bool {
+    name.len() == canonical.len()
+        && name.bytes().zip(canonical.bytes()).all(|(n, c)| {
+            let n = n.to_ascii_lowercase();
+            n == c || (c == b'-' && (n == b'_' || n == b'.'))
+        })
+}
+
+/// Any spelling of `X-Auth-Fallback`: a backend would read it as the marker.
 pub fn is_fallback_marker(name: &str) -> bool {
-    name.len() == X_AUTH_FALLBACK.as_str().len()
-        && name
-            .bytes()
-            .zip(X_AUTH_FALLBACK.as_str().bytes())
-            .all(|(n, m)| {
-                let n = n.to_ascii_lowercase();
-                n == m || (m == b'-' && (n == b'_' || n == b'.'))
-            })
+    is_spelling_of(name, X_AUTH_FALLBACK.as_str())
 }
 
 /// Any spelling of the `X-authentik-` family (`-`, `_`, `.`, any case).

@@ -301,17 +301,28 @@ fn secret_path(s: &Section<'_>, p: &mut Problems<'_>, key: &str, text: &str) -> 
 
 /// What an inline secret in a path value looks like, if it is one.
 fn inline_secret(text: &str) -> Option<&'static str> {
-    if text.contains("-----BEGIN") {
+    // "-----BEGIN", and the same in base64 (a Kubernetes Secret's data field pasted as is).
+    if text.contains("-----BEGIN") || text.contains("LS0tLS1CRUdJTi") {
         return Some("inline PEM");
     }
     if text.contains(['\n', '\r']) {
         return Some("a multi-line value");
     }
-    let hashed = ["$2y$", "$2b$", "$2a$", "$argon2", "$apr1$", "{SHA}"];
-    let htpasswd_line = text
+    const HASHES: [&str; 11] = [
+        "$2y$", "$2b$", "$2a$", "$2x$", "$argon2", "$apr1$", "{SHA}", "{SSHA}", "$1$", "$5$", "$6$",
+    ];
+    let text = text.trim();
+    let hash = text
         .split_once(':')
-        .is_some_and(|(_, rest)| hashed.iter().any(|h| rest.starts_with(h)));
-    htpasswd_line.then_some("an htpasswd line")
+        .map_or(text, |(_, rest)| rest.trim_start());
+    if HASHES.iter().any(|h| hash.starts_with(h)) {
+        return Some("an htpasswd line");
+    }
+    // No file name is this long (NAME_MAX); a base64 key or token is.
+    if text.split('/').any(|part| part.len() > 255) {
+        return Some("a secret (a path component over 255 bytes)");
+    }
+    None
 }
 
 /// `[log]`.

@@ -245,6 +245,12 @@ fn syntax_errors_name_the_key_or_table_written_on_their_line() {
     let header = first("[outpost]\nurl = \"http://a:1\"\n[cache\n");
     assert!(header.starts_with("f.toml:3: cache: "), "{header}");
     assert!(first("= 3\n").starts_with("f.toml:1: toml: "));
+    // Text that is no key of this format is never repeated as one (it may be a pasted secret).
+    let pasted = first("[cache]\nttl = \"1s\"\nQUJDREVGR0g = = 3\n");
+    assert!(
+        pasted.starts_with("f.toml:3: cache: ") && !pasted.contains("QUJD"),
+        "{pasted}"
+    );
 }
 
 #[test]
@@ -642,6 +648,32 @@ fn inline_secrets_are_refused_without_being_repeated() {
     assert_eq!(
         problems_with(&format!("[fallback]\nhtpasswd_file = \"{line}\"\n")),
         ["f.toml:4: fallback.htpasswd_file: looks like an htpasswd line, not a file path: secrets are never inline, name the file that holds it"]
+    );
+    for (value, what) in [
+        (
+            "LS0tLS1CRUdJTiBQUklWQVRFIEtFWS0tLS0tCk1JSUV2UUlCQURBTkJna3Foa2lHOXcwQkFRRUZBQVND",
+            "inline PEM",
+        ),
+        (
+            "$2y$10$abcdefghijklmnopqrstuuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01",
+            "an htpasswd line",
+        ),
+        ("admin: {SSHA}c2VjcmV0c2FsdA==", "an htpasswd line"),
+        ("admin:$6$salt$hash", "an htpasswd line"),
+    ] {
+        let lines = problems_with(&format!("[fallback]\nhtpasswd_file = \"{value}\"\n"));
+        assert_eq!(lines.len(), 1, "{value}: {lines:?}");
+        assert!(
+            lines[0].contains(&format!("looks like {what}")),
+            "{lines:?}"
+        );
+        assert!(!lines[0].contains(value), "{lines:?}");
+    }
+    let blob = "A".repeat(300);
+    let lines = problems_with(&format!("[fallback]\nhtpasswd_file = \"/run/{blob}\"\n"));
+    assert!(
+        lines[0].contains("looks like a secret") && !lines[0].contains(&blob),
+        "{lines:?}"
     );
     // Ordinary paths, colons included, are paths.
     let c = Config::from_toml(

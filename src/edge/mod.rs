@@ -45,7 +45,6 @@ use crate::app::App;
 use crate::auth::headers::{
     self, X_AUTH_FALLBACK, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
 };
-use crate::auth::request::Caller;
 use crate::auth::{self, Answer};
 use crate::body::Body;
 use crate::config::{EdgeConfig, RouteAuth};
@@ -273,14 +272,11 @@ async fn routed(
     // and the backend its links (security rule 7).
     let host = forwarded_host(route, port);
     parts.headers.insert(HOST, host.clone());
-    // The emergency realm's limiter may follow a trusted chain to the client's address; nothing
-    // else here does.
-    let client = {
-        let trusted = &app.runtime().config.server.trusted_proxies;
-        Caller::new(&parts, peer.ip(), trusted, true).client_ip(trusted)
-    };
-    // `local_networks` are matched against the TCP peer only: a forwarded address, even from a
-    // trusted peer, would let anyone in the pod network claim to be local and skip the login.
+    // Edge mode is the edge: the client is the TCP peer, for `local_networks` and for the
+    // emergency realm's limiter alike. A forwarded address, even from a trusted peer, would let
+    // anyone in the pod network claim to be local and skip the login, or pin the limit on
+    // someone else's address.
+    let client = Some(peer.ip());
     let local = route.auth == RouteAuth::None || route.is_local(peer.ip());
     // Edge mode is the edge: what the outpost judges (host, scheme, path, method) comes from the
     // request itself, never from a client's X-Forwarded-* (DESIGN.md section 5), even a trusted
@@ -341,7 +337,7 @@ pub fn strip_client_headers(h: &mut HeaderMap) {
                 || headers::is_original_family(s)
                 || headers::is_forwarded_family(s)
                 || s == "forwarded"
-                || s == "x-real-ip"
+                || headers::is_spelling_of(s, "x-real-ip")
                 || headers::is_fallback_marker(s)
         })
         .cloned()

@@ -74,11 +74,15 @@ impl<K: std::hash::Hash + Eq + Copy> Counter<K> {
 
     /// `Some(retry_after)` while `key` has reached the limit in a live window.
     fn blocked(&self, key: &K, window: Duration, now: Instant) -> Option<Duration> {
+        self.live(key, window, now)
+            .filter(|&(failures, _)| failures >= self.max)
+            .map(|(_, left)| left.max(MIN_RETRY_AFTER))
+    }
+
+    /// `key`'s failures in its live window and the time that window has left.
+    fn live(&self, key: &K, window: Duration, now: Instant) -> Option<(u32, Duration)> {
         let entry = self.map.get(key)?;
-        if entry.failures < self.max {
-            return None;
-        }
-        remaining(entry.started, window, now).map(|left| left.max(MIN_RETRY_AFTER))
+        remaining(entry.started, window, now).map(|left| (entry.failures, left))
     }
 
     /// Counts one failure; returns whether this one reached the limit.
@@ -168,14 +172,16 @@ impl Limiter {
     ) -> Option<Duration> {
         let window = self.window;
         let by_user = user.and_then(|u| {
-            let own = self.users_of(u).blocked(&u.digest, window, now);
-            // A name limited while the file lacked it (missing, or before the user was added)
-            // stays limited once the file has it, until its window passes.
+            let own = self.users_of(u).live(&u.digest, window, now);
+            // Failures of a name while the file lacked it (missing, or before the user was
+            // added) still count once the file has it, until their window passes.
             let before = match u.known {
-                true => self.other_users.blocked(&u.digest, window, now),
+                true => self.other_users.live(&u.digest, window, now),
                 false => None,
             };
-            own.max(before)
+            let failures = own.map_or(0, |(f, _)| f) + before.map_or(0, |(f, _)| f);
+            let left = own.map(|(_, l)| l).max(before.map(|(_, l)| l))?;
+            (failures >= self.known_users.max).then(|| left.max(MIN_RETRY_AFTER))
         });
         let by_address = self.addresses.blocked(&address, window, now);
         by_user.max(by_address)
@@ -235,6 +241,16 @@ mod tests {
             .is_none());
         let later = now + cfg.failure_window;
         assert!(limiter.blocked(Some(&known), elsewhere, later).is_none());
+        // Failures before and after the file had the name add up.
+        let mut limiter = Limiter::new(&cfg);
+        let carol = (UserKey::new("carol", false), UserKey::new("carol", true));
+        for i in 0..cfg.max_failures_per_user - 1 {
+            let address = IpAddr::from([192, 0, 2, i as u8]);
+            assert!(limiter.reserve(Some(&carol.0), address, now).is_ok());
+        }
+        assert!(limiter.blocked(Some(&carol.1), elsewhere, now).is_none());
+        assert!(limiter.reserve(Some(&carol.1), elsewhere, now).is_ok());
+        assert!(limiter.blocked(Some(&carol.1), elsewhere, now).is_some());
     }
 
     #[tokio::test(start_paused = true)]

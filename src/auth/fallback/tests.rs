@@ -10,7 +10,10 @@ const TTL: Duration = Duration::from_secs(300);
 fn temp_path() -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("portcullis-htpasswd-{}-{n}", std::process::id()))
+    let path = std::env::temp_dir().join(format!("portcullis-htpasswd-{}-{n}", std::process::id()));
+    // A file left by an earlier run whose process had the same id would stand in for "missing".
+    let _ = std::fs::remove_file(&path);
+    path
 }
 
 fn bcrypt_line(user: &str, password: &str) -> String {
