@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::{HeaderName, HeaderValue};
-use portcullis::auth::cache::{Cache, CacheKey};
+use portcullis::auth::cache::{Cache, CacheKey, Credentials};
 use portcullis::auth::outpost::{self, Identity};
 use portcullis::auth::request::Caller;
 use portcullis::auth::{allow_response, headers::IDENTITY};
@@ -182,6 +182,24 @@ fn cache_ops(c: &mut Criterion) {
         })
     });
     assert!(cache.len() <= ENTRIES);
+    // A sign-out whose credential is cached nowhere (what a flood of junk sign-outs costs): the
+    // purge still scans every entry.
+    let junk = parts_with_cookie("authentik_proxy_0badc0de=not-a-session");
+    let junk = Credentials::of(&Caller::new(
+        &junk,
+        "127.0.0.1".parse().unwrap(),
+        &[],
+        false,
+    ));
+    let before = cache.len();
+    c.bench_function("cache/purge_unknown_credential_100k", |b| {
+        b.iter(|| cache.purge(black_box(&junk)))
+    });
+    assert_eq!(
+        cache.len(),
+        before,
+        "a credential cached nowhere removes nothing"
+    );
 }
 
 /// The outpost's 200 on the wire: the twelve identity headers (1 KiB JWT) and four others.
