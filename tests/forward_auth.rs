@@ -191,6 +191,53 @@ async fn nginx_forwards_a_trusted_original_url_but_never_original_uri() {
 }
 
 #[tokio::test]
+async fn nginx_host_comes_from_the_original_url_not_a_passed_on_forwarded_host() {
+    // nginx passes the browser's own X-Forwarded-Host on; the outpost picks the app by it. The
+    // app judged must be the one the original URL names, and the cache keyed the same way.
+    let h = start(trust_loopback).await;
+    let cookie = h.session_cookie("akadmin");
+    let r = get(
+        &h.url("/outpost.goauthentik.io/auth/nginx"),
+        &[
+            ("host", "portcullis:9000"),
+            ("x-original-url", "https://admin.example:8443/panel"),
+            ("x-forwarded-host", "public.example"),
+            ("cookie", cookie.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let sent = last_request(&h);
+    assert_eq!(
+        sent.headers.get("x-forwarded-host").unwrap(),
+        "admin.example:8443"
+    );
+    assert_eq!(sent.headers.get("host").unwrap(), "admin.example:8443");
+    // A userinfo part never reaches the host.
+    let r = get(
+        &h.url("/outpost.goauthentik.io/auth/nginx"),
+        &[
+            (
+                "x-original-url",
+                "https://public.example@admin.example/panel",
+            ),
+            ("cookie", cookie.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        last_request(&h).headers.get("x-forwarded-host").unwrap(),
+        "admin.example"
+    );
+    assert_eq!(
+        h.app.runtime().cache.len(),
+        2,
+        "keyed by admin.example and admin.example:8443"
+    );
+}
+
+#[tokio::test]
 async fn nginx_drops_an_untrusted_original_url_and_relays_the_outposts_500() {
     let h = start(|_| {}).await;
     let r = get(

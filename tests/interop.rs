@@ -651,6 +651,29 @@ async fn nginx_outpost_down_gives_the_basic_challenge_then_lets_the_emergency_us
 }
 
 #[tokio::test]
+async fn nginx_never_lets_a_clients_forwarding_claims_reach_the_check() {
+    let Some(s) = Stack::start("nginx").await else {
+        return;
+    };
+    let cookie = s.harness.session_cookie("akadmin");
+    let r = s
+        .get_reported(
+            "session + client X-Forwarded-Host/-For",
+            "/dashboard",
+            &[
+                ("Cookie", &cookie),
+                ("X-Forwarded-Host", "other-app.example"),
+                ("X-Forwarded-For", "203.0.113.9"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let auth = s.outpost_auth_request("nginx");
+    assert_eq!(auth.headers.get("x-forwarded-host").unwrap(), APP_HOST);
+    assert_eq!(auth.headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
+}
+
+#[tokio::test]
 async fn nginx_anonymous_skip_path_drops_client_username() {
     let Some(s) = Stack::start("nginx").await else {
         return;

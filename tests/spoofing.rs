@@ -454,8 +454,10 @@ async fn x_original_url_is_forwarded_only_from_a_trusted_peer_on_nginx() {
         outpost_header(&only_auth_request(&h), "x-original-url"),
         Some("https://app.example/x")
     );
-    // Trusted, but Traefik's endpoint: never forwarded there.
+    // Trusted, but Traefik's endpoint: never forwarded there. (A fresh session: the nginx
+    // allow above is cached for app.example, the host its original URL names.)
     h.outpost.clear_requests();
+    let cookie = h.session_cookie("akadmin");
     let r = get(
         &h.url(TRAEFIK),
         &traefik_headers(&[

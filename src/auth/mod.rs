@@ -87,7 +87,9 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     if let Some(cred) = &sign_out {
         rt.cache.purge(cred);
     }
-    let host = caller.host().unwrap_or(headers::EMPTY);
+    let host = caller
+        .host_for(endpoint == Endpoint::Nginx)
+        .unwrap_or(headers::EMPTY);
     // Coalescing needs the key even with the cache off; signed URLs get neither.
     let key = if signed {
         None

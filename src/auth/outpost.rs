@@ -153,7 +153,7 @@ pub fn build_request(client: &OutpostClient, endpoint: Endpoint, caller: &Caller
     head.extend_from_slice(b"GET ");
     head.extend_from_slice(path.as_str().as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    let host = caller.host();
+    let host = caller.host_for(endpoint == Endpoint::Nginx);
     let authority = client.authority().as_str().as_bytes();
     field(
         &mut head,
@@ -267,7 +267,8 @@ struct Field<'a> {
     value: &'a [u8],
 }
 
-/// The answer's fields without hop-by-hop ones, those `Connection` lists, and `Content-Length`.
+/// The answer's fields without hop-by-hop ones, those `Connection` lists, `Content-Length`, and
+/// any spelling of `X-Auth-Fallback`.
 fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
     let listed = headers::connection_listed(answer.values("connection"));
     let mut fields = Vec::with_capacity(answer.len());
@@ -278,9 +279,12 @@ fn end_to_end(answer: &Answer) -> Vec<Field<'_>> {
             Some(i) => IDENTITY[i].clone(),
             None => HeaderName::from_bytes(raw).ok()?,
         };
+        // The fallback marker is portcullis's alone (security rule 4): never relayed or cached
+        // from an answer.
         let hop = headers::is_hop_by_hop(&name)
             || name == http::header::CONTENT_LENGTH
-            || listed.contains(&name);
+            || listed.contains(&name)
+            || (slot.is_none() && headers::is_fallback_marker(name.as_str()));
         (!hop).then_some(Field { name, slot, value })
     }));
     fields
@@ -405,6 +409,7 @@ fn drop_odd_identity_spellings(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::headers::is_fallback_marker;
 
     fn answer(status: u16, pairs: &[(&str, &str)]) -> Answer {
         let mut raw = format!("HTTP/1.1 {status} X\r\n");
@@ -470,6 +475,21 @@ mod tests {
             let anon = classify(&answer(200, &[("X-Authentik-Username", blank)]));
             assert!(matches!(anon, Outcome::Anonymous(_)), "{blank:?}");
         }
+    }
+
+    #[test]
+    fn an_answers_own_fallback_marker_is_never_kept() {
+        let (a, names) = allowed_names(&[
+            ("X-Authentik-Username", "alice"),
+            ("X-Auth-Fallback", "true"),
+            ("x_auth_fallback", "true"),
+        ]);
+        assert!(!names.iter().any(|n| is_fallback_marker(n)), "{names:?}");
+        assert!(a.extra.iter().all(|(n, _)| !is_fallback_marker(n.as_str())));
+        let Outcome::Deny(r) = classify(&answer(302, &[("X-Auth-Fallback", "true")])) else {
+            panic!("not a deny")
+        };
+        assert!(r.headers.get("x-auth-fallback").is_none());
     }
 
     #[test]

@@ -83,6 +83,26 @@ impl<'a> Caller<'a> {
         HeaderValue::from_str(authority.as_str()).ok()
     }
 
+    /// The host to judge for `endpoint`: on `/auth/nginx` the authority of the trusted
+    /// `X-Original-URL` (nginx builds it from the request it routed, while the `X-Forwarded-Host`
+    /// it passes on is the browser's own, which would let a client pick the app whose policy is
+    /// checked); elsewhere [`Caller::host`].
+    pub fn host_for(&self, nginx: bool) -> Option<HeaderValue> {
+        let from_url = nginx
+            .then(|| self.original_url())
+            .flatten()
+            .and_then(|url| http::Uri::try_from(url.as_bytes()).ok())
+            .and_then(|url| {
+                let host = url.host()?;
+                let host = match url.port_u16() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                };
+                HeaderValue::from_str(&host).ok()
+            });
+        from_url.or_else(|| self.host())
+    }
+
     /// The scheme of the protected request.
     pub fn proto(&self) -> HeaderValue {
         match self.trusted_header(&X_FORWARDED_PROTO) {
