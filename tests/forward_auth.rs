@@ -235,6 +235,36 @@ async fn nginx_host_comes_from_the_original_url_not_a_passed_on_forwarded_host()
         2,
         "keyed by admin.example and admin.example:8443"
     );
+    // Bytes the URL parser refuses after the authority never hand the choice back to the
+    // passed-on X-Forwarded-Host.
+    let fresh = h.session_cookie("akadmin");
+    let r = get(
+        &h.url("/outpost.goauthentik.io/auth/nginx"),
+        &[
+            ("x-original-url", "https://admin.example/settings?x=<"),
+            ("x-forwarded-host", "wiki.example"),
+            ("cookie", fresh.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let sent = last_request(&h);
+    assert_eq!(
+        sent.headers.get("x-forwarded-host").unwrap(),
+        "admin.example"
+    );
+    // A trusted original URL that names no host: no X-Forwarded-Host reaches the outpost.
+    let r = get(
+        &h.url("/outpost.goauthentik.io/auth/nginx"),
+        &[
+            ("x-original-url", "/settings"),
+            ("x-forwarded-host", "wiki.example"),
+            ("cookie", fresh.as_str()),
+        ],
+    )
+    .await;
+    let sent = last_request(&h);
+    assert!(sent.headers.get("x-forwarded-host").is_none(), "{r:?}");
 }
 
 #[tokio::test]

@@ -83,24 +83,16 @@ impl<'a> Caller<'a> {
         HeaderValue::from_str(authority.as_str()).ok()
     }
 
-    /// The host to judge for `endpoint`: on `/auth/nginx` the authority of the trusted
-    /// `X-Original-URL` (nginx builds it from the request it routed, while the `X-Forwarded-Host`
-    /// it passes on is the browser's own, which would let a client pick the app whose policy is
-    /// checked); elsewhere [`Caller::host`].
+    /// The host to judge: on `/auth/nginx` (`nginx`) with a trusted `X-Original-URL`, that URL's
+    /// host and port and nothing else (nginx builds the URL from the request it routed, while the
+    /// `X-Forwarded-Host` it passes on is the browser's own, which would let a client pick the
+    /// app whose policy is checked); `None` when that URL names no usable host. Otherwise
+    /// [`Caller::host`].
     pub fn host_for(&self, nginx: bool) -> Option<HeaderValue> {
-        let from_url = nginx
-            .then(|| self.original_url())
-            .flatten()
-            .and_then(|url| http::Uri::try_from(url.as_bytes()).ok())
-            .and_then(|url| {
-                let host = url.host()?;
-                let host = match url.port_u16() {
-                    Some(port) => format!("{host}:{port}"),
-                    None => host.to_owned(),
-                };
-                HeaderValue::from_str(&host).ok()
-            });
-        from_url.or_else(|| self.host())
+        match self.original_url().filter(|_| nginx) {
+            Some(url) => url_host(url.as_bytes()),
+            None => self.host(),
+        }
     }
 
     /// The scheme of the protected request.
@@ -201,6 +193,36 @@ impl<'a> Caller<'a> {
     pub fn user_agent(&self) -> Option<&'a HeaderValue> {
         self.header(&USER_AGENT)
     }
+}
+
+/// The `host[:port]` of an absolute URL, read by hand so that what follows the authority (a raw
+/// `<` in the query, bytes that are not UTF-8) cannot make it fail: after `scheme://`, up to the
+/// first `/`, `?` or `#`, without any `user@` part, and only if it is a valid authority.
+fn url_host(url: &[u8]) -> Option<HeaderValue> {
+    let start = url.windows(3).position(|w| w == b"://")? + 3;
+    let scheme = &url[..start - 3];
+    if scheme.is_empty()
+        || !scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(b))
+    {
+        return None;
+    }
+    let rest = &url[start..];
+    let end = rest
+        .iter()
+        .position(|b| matches!(b, b'/' | b'?' | b'#'))
+        .unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority
+        .iter()
+        .rposition(|&b| b == b'@')
+        .map_or(authority, |at| &authority[at + 1..]);
+    let parsed = http::uri::Authority::try_from(host).ok()?;
+    if parsed.host().is_empty() {
+        return None;
+    }
+    HeaderValue::from_bytes(host).ok()
 }
 
 /// Whether `ip` lies in one of `nets` (IPv4-mapped IPv6 peers count as IPv4).
@@ -358,6 +380,41 @@ fn percent_decode_lower(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_host_reads_the_authority_whatever_follows_it() {
+        let host = |u: &[u8]| url_host(u).map(|h| h.to_str().unwrap().to_owned());
+        assert_eq!(
+            host(b"https://admin.example/settings?x=<"),
+            Some("admin.example".into())
+        );
+        assert_eq!(
+            host(b"http://admin.example:8080/a`b"),
+            Some("admin.example:8080".into())
+        );
+        assert_eq!(
+            host(b"https://admin.example/\xff\xfe"),
+            Some("admin.example".into())
+        );
+        assert_eq!(
+            host(b"https://wiki.example@admin.example/"),
+            Some("admin.example".into())
+        );
+        assert_eq!(host(b"https://[::1]:8443/x"), Some("[::1]:8443".into()));
+        assert_eq!(
+            host(b"https://admin.example?q"),
+            Some("admin.example".into())
+        );
+        for none in [
+            &b"/settings"[..],
+            b"admin.example/x",
+            b"https:///x",
+            b"https://a b/",
+            b"://x/",
+        ] {
+            assert_eq!(url_host(none), None, "{:?}", String::from_utf8_lossy(none));
+        }
+    }
 
     fn parts(headers: &[(&str, &str)]) -> Parts {
         let mut b = http::Request::builder().uri("/outpost.goauthentik.io/auth/traefik");
