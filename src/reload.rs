@@ -77,7 +77,7 @@ pub fn spawn(app: Arc<App>, path: PathBuf, hup: Option<Signal>) -> tokio::task::
                 (false, false) => "file changed",
             };
             waiting = match reload(&app, &path, trigger) {
-                Reload::FilesUnusable(files) => Some(Waiting::on(files)),
+                Reload::FilesUnusable(files) => Some(files),
                 Reload::Applied | Reload::Rejected => None,
             };
         }
@@ -110,8 +110,8 @@ enum Reload {
     Applied,
     /// The file itself was invalid, or the app refused it.
     Rejected,
-    /// It was valid, but a file it names (these) was not usable.
-    FilesUnusable(Vec<PathBuf>),
+    /// It was valid, but a file it names was not usable (these, as they were before the check).
+    FilesUnusable(Waiting),
 }
 
 /// The files `config` names: the htpasswd file, each certificate and key.
@@ -142,16 +142,21 @@ pub fn reload_from(app: &App, path: &Path, trigger: &str) -> bool {
 
 fn reload(app: &App, path: &Path, trigger: &str) -> Reload {
     let outcome = match Config::load(path) {
-        Ok(config) if !files_usable(&config, path, trigger) => {
-            Reload::FilesUnusable(named_files(&config))
-        }
-        Ok(config) => match app.reload(config) {
-            Ok(()) => Reload::Applied,
-            Err(err) => {
-                tracing::error!(trigger, error = %err, "config reload rejected; keeping the last good config");
-                Reload::Rejected
+        Ok(config) => {
+            // Fingerprinted before they are checked: a writer that finishes in between must
+            // still count as a change and bring the retry.
+            let named = Waiting::on(named_files(&config));
+            if !files_usable(&config, path, trigger) {
+                return finish(app, trigger, Reload::FilesUnusable(named));
             }
-        },
+            match app.reload(config) {
+                Ok(()) => Reload::Applied,
+                Err(err) => {
+                    tracing::error!(trigger, error = %err, "config reload rejected; keeping the last good config");
+                    Reload::Rejected
+                }
+            }
+        }
         Err(errors) => {
             for p in &errors.problems {
                 tracing::error!(trigger, file = %errors.file, line = p.line, key = %p.key, problem = %p.problem, "config reload rejected");
@@ -159,6 +164,11 @@ fn reload(app: &App, path: &Path, trigger: &str) -> Reload {
             Reload::Rejected
         }
     };
+    finish(app, trigger, outcome)
+}
+
+/// Counts and logs how a reload ended.
+fn finish(app: &App, trigger: &str, outcome: Reload) -> Reload {
     let applied = matches!(outcome, Reload::Applied);
     app.metrics.config_reload(applied).inc();
     if applied {

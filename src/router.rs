@@ -187,17 +187,14 @@ pub(crate) async fn pass(
     let rt = app.runtime();
     let (parts, body) = req.into_parts();
     // `sign_out`, or any outpost path carrying the logout signature (the outpost signs out on
-    // either): purge first, so no cached allow outlives the session, and again once the outpost
-    // has answered (below).
+    // either): purge first, so no cached allow outlives the session, and again when this returns
+    // (the outpost has answered) or is abandoned: a check answered in between is removed.
     let url = parts.uri.path_and_query().map_or("", |pq| pq.as_str());
-    let sign_out = auth::request::is_sign_out(url.as_bytes()).then(|| {
+    let _sign_out = auth::request::is_sign_out(url.as_bytes()).then(|| {
         let caller =
             auth::request::Caller::new(&parts, peer.ip(), &rt.config.server.trusted_proxies, tls);
-        auth::cache::Credentials::of(&caller)
+        auth::cache::SignOut::begin(&rt.cache, auth::cache::Credentials::of(&caller))
     });
-    if let Some(cred) = &sign_out {
-        rt.cache.purge(cred);
-    }
     let started = Instant::now();
     let trusted: &[ipnet::IpNet] = if trust_forwarded {
         &rt.config.server.trusted_proxies
@@ -206,11 +203,6 @@ pub(crate) async fn pass(
     };
     let result = passthrough::forward(&rt, parts, body, peer.ip(), tls, trusted).await;
     let outpost_seconds = Some(started.elapsed().as_secs_f64());
-    // A check that began after the first purge may have been answered before the outpost ended
-    // the session; this purge removes its entry, or keeps it from being stored.
-    if let Some(cred) = &sign_out {
-        rt.cache.purge(cred);
-    }
     match result {
         Ok(response) => Answer {
             response,

@@ -7,6 +7,7 @@
 //! held across an `.await`. The shards' caps sum to exactly `cache.capacity`, so the cache never
 //! holds more; below 4096 entries there is one shard, and eviction is exactly LRU.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -139,32 +140,38 @@ fn index_hash(bytes: &[u8], hasher: &impl BuildHasher) -> u64 {
 /// Whether the key bytes `key` hold any of `cred`'s credentials (a session cookie or the
 /// `Authorization` value), on any host. At most O(key bytes) per entry whatever the caller sends.
 fn shares_credential(key: &[u8], cred: &Credentials) -> bool {
-    // A purge runs this on every entry, so it reads as little of the key as it can: the end (the
-    // `Authorization` field), the host, the cookie count, and with one cookie (the usual case)
-    // that field straight from its bounds. Fields are compared, not hashed: a sign-out carries
-    // one or a few cookies, so a length check settles most.
-    let Some(mark) = memchr::memrchr(AUTH_MARK, key) else {
+    let Some((mut cookies, auth)) = key_credentials(key) else {
         return false;
     };
+    (!auth.is_empty() && cred.authorization.as_deref() == Some(auth))
+        || cookies.any(|f| cred.has_cookie(f))
+}
+
+/// Each credential field a key holds: its cookies (`name=value`), then its `Authorization`.
+fn credential_fields(key: &[u8]) -> impl Iterator<Item = &[u8]> {
+    key_credentials(key)
+        .into_iter()
+        .flat_map(|(cookies, auth)| cookies.chain((!auth.is_empty()).then_some(auth)))
+}
+
+/// A key's cookie fields and its `Authorization` value (empty when there is none). A purge runs
+/// this on every entry, so it reads as little of the key as it can: the end (the `Authorization`
+/// field), the host, the cookie count, and with one cookie (the usual case) that field straight
+/// from its bounds.
+fn key_credentials(key: &[u8]) -> Option<(impl Iterator<Item = &[u8]>, &[u8])> {
+    let mark = memchr::memrchr(AUTH_MARK, key)?;
     let auth = &key[mark + 1..];
-    if !auth.is_empty() && cred.authorization.as_deref() == Some(auth) {
-        return true;
-    }
     // Skip the fixed-width generation (its bytes may be anything), then the host and the count.
     let fields = &key[GENERATION_BYTES.min(mark)..mark];
-    let Some(host_end) = memchr::memchr(FIELD_END, fields) else {
-        return false;
-    };
-    let Some((&count, fields)) = fields[host_end + 1..].split_first() else {
-        return false;
-    };
-    let listed =
-        |field: &[u8]| !field.is_empty() && cred.cookies.iter().any(|c| c.as_slice() == field);
-    match count {
-        0 => false,
-        1 => fields.strip_suffix(&[FIELD_END]).is_some_and(listed),
-        _ => fields.split(|&b| b == FIELD_END).any(listed),
-    }
+    let host_end = memchr::memchr(FIELD_END, fields)?;
+    let (&count, fields) = fields[host_end + 1..].split_first()?;
+    let fields = fields.strip_suffix(&[FIELD_END]).unwrap_or(fields);
+    // With one cookie, `splitn(1, ..)` yields the whole field without looking at its bytes.
+    let most = if count == 1 { 1 } else { usize::MAX };
+    let cookies = fields
+        .splitn(most, |&b| b == FIELD_END)
+        .filter(|f| !f.is_empty());
+    Some((cookies, auth))
 }
 
 /// `authentik_proxy_*` pairs of one `Cookie` header value (RFC 6265 section 4.2.1 syntax:
@@ -230,6 +237,22 @@ impl Credentials {
     pub fn is_empty(&self) -> bool {
         self.cookies.is_empty() && self.authorization.as_ref().is_none_or(|a| a.is_empty())
     }
+
+    /// Each credential as a key holds it: `name=value` cookies, then the `Authorization` value.
+    fn fields(&self) -> impl Iterator<Item = &[u8]> {
+        let auth = self.authorization.as_deref().filter(|a| !a.is_empty());
+        self.cookies.iter().map(Vec::as_slice).chain(auth)
+    }
+
+    /// Whether `field` is one of the cookies. Compared, not hashed, for the few cookies a
+    /// sign-out carries (a purge asks this of every cached key; a length check settles most).
+    fn has_cookie(&self, field: &[u8]) -> bool {
+        if self.cookies.len() <= 4 {
+            self.cookies.iter().any(|c| c.as_slice() == field)
+        } else {
+            self.cookies.contains(field)
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -273,29 +296,68 @@ pub struct Cache {
     purges: AtomicU64,
     /// The latest purges (at most [`PURGE_LOG`]), oldest first, numbered as `purges` counts.
     purged: Mutex<VecDeque<Purged>>,
+    /// Keys the purge log's hashes (per process).
+    log_hasher: RandomState,
 }
 
 /// Purges remembered for the checks in flight when they ran; a check whose purge count is older
 /// than the log reaches back is not stored (a flood of sign-outs only costs misses).
 const PURGE_LOG: usize = 256;
 
-/// One purge, for the checks that were in flight while it ran.
+/// One purge, for the checks that were in flight while it ran: keyed hashes of what it matched
+/// by (fixed size whatever a sign-out carries; a collision can only keep an allow out).
 #[derive(Debug)]
 struct Purged {
     /// Its number: the value `purges` took when it began.
     seq: u64,
-    cred: Credentials,
-    /// The users (`X-authentik-uid`) of the entries it removed, complete once `done`.
-    uids: HashSet<Vec<u8>>,
+    /// Hashes of the sign-out's credential fields (`name=value` cookies, `Authorization`).
+    credentials: HashSet<u64>,
+    /// Hashes of the users (`X-authentik-uid`) whose entries it removed, complete once `done`.
+    users: HashSet<u64>,
     done: bool,
 }
 
 impl Purged {
-    /// Whether this purge removes (or would have removed) `entry`.
-    fn concerns(&self, entry: &Entry) -> bool {
+    /// Whether this purge removes (or would have removed) an entry of these field and user
+    /// hashes.
+    fn concerns(&self, fields: &[u64], user: Option<u64>) -> bool {
         !self.done
-            || shares_credential(entry.key(), &self.cred)
-            || uid_of(entry).is_some_and(|u| self.uids.contains(u))
+            || fields.iter().any(|f| self.credentials.contains(f))
+            || user.is_some_and(|u| self.users.contains(&u))
+    }
+}
+
+/// What a purge found, for the purge that follows once the outpost has answered the sign-out.
+#[derive(Debug, Default)]
+pub struct Purge {
+    /// Entries removed.
+    pub removed: usize,
+    /// The users (`X-authentik-uid`) whose entries were removed.
+    users: HashSet<Vec<u8>>,
+}
+
+/// A sign-out in progress: purged when made, and again when dropped (once the outpost has
+/// answered, or when the request is abandoned), with the users the first purge found: a check
+/// answered in between, for this credential or another session of the same users, is removed or
+/// never stored.
+#[derive(Debug)]
+pub struct SignOut<'a> {
+    cache: &'a Cache,
+    cred: Credentials,
+    first: Purge,
+}
+
+impl<'a> SignOut<'a> {
+    /// Purges `cred`'s entries now.
+    pub fn begin(cache: &'a Cache, cred: Credentials) -> SignOut<'a> {
+        let first = cache.purge(&cred);
+        SignOut { cache, cred, first }
+    }
+}
+
+impl Drop for SignOut<'_> {
+    fn drop(&mut self) {
+        self.cache.purge_users(&self.cred, &self.first.users);
     }
 }
 
@@ -320,6 +382,7 @@ impl Cache {
             epoch: Instant::now(),
             purges: AtomicU64::new(0),
             purged: Mutex::new(VecDeque::new()),
+            log_hasher: RandomState::new(),
         }
     }
 
@@ -445,21 +508,31 @@ impl Cache {
         if self.purges() == asked {
             return false;
         }
+        let fields: Vec<u64> = credential_fields(entry.key())
+            .map(|f| self.log_hasher.hash_one(f))
+            .collect();
+        let user = uid_of(entry).map(|u| self.log_hasher.hash_one(u));
         let log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
         if log.front().is_none_or(|p| p.seq > asked + 1) {
             return true;
         }
         log.iter()
             .filter(|p| p.seq > asked)
-            .any(|p| p.concerns(entry))
+            .any(|p| p.concerns(&fields, user))
     }
 
     /// Removes every entry that shares a credential with `cred`, on every host, and every entry
-    /// of the same users (by `X-authentik-uid`). Returns how many were removed.
-    pub fn purge(&self, cred: &Credentials) -> usize {
-        if cred.is_empty() {
-            return 0;
+    /// of the same users (by `X-authentik-uid`).
+    pub fn purge(&self, cred: &Credentials) -> Purge {
+        self.purge_users(cred, &HashSet::new())
+    }
+
+    /// [`Cache::purge`], also removing the entries of `users`.
+    fn purge_users(&self, cred: &Credentials, users: &HashSet<Vec<u8>>) -> Purge {
+        if cred.is_empty() && users.is_empty() {
+            return Purge::default();
         }
+        let credentials = cred.fields().map(|f| self.log_hasher.hash_one(f)).collect();
         let seq = {
             let mut log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
             let seq = self.purges() + 1;
@@ -468,30 +541,34 @@ impl Cache {
             }
             log.push_back(Purged {
                 seq,
-                cred: cred.clone(),
-                uids: HashSet::new(),
+                credentials,
+                users: HashSet::new(),
                 done: false,
             });
             self.purges.store(seq, Ordering::SeqCst);
             seq
         };
-        let mut uids = HashSet::new();
+        let mut found = users.clone();
         let mut removed = self.remove_where(|e| {
             let hit = shares_credential(e.key(), cred);
             if hit {
-                uids.extend(uid_of(e).map(<[u8]>::to_vec));
+                found.extend(uid_of(e).map(<[u8]>::to_vec));
             }
             hit
         });
-        if !uids.is_empty() {
-            removed += self.remove_where(|e| uid_of(e).is_some_and(|u| uids.contains(u)));
+        if !found.is_empty() {
+            removed += self.remove_where(|e| uid_of(e).is_some_and(|u| found.contains(u)));
         }
+        let hashed = found.iter().map(|u| self.log_hasher.hash_one(u)).collect();
         let mut log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = log.iter_mut().find(|p| p.seq == seq) {
-            p.uids = uids;
+            p.users = hashed;
             p.done = true;
         }
-        removed
+        Purge {
+            removed,
+            users: found,
+        }
     }
 
     fn remove_where(&self, mut pred: impl FnMut(&Entry) -> bool) -> usize {
@@ -663,7 +740,7 @@ mod tests {
         assert!(cache.insert(&alice, &identity("alice"), now));
         // Checks in flight for all three, then alice signs out (her entry names her uid).
         let asked = cache.purges();
-        assert_eq!(cache.purge(&cred("authentik_proxy_a=alice-1")), 1);
+        assert_eq!(cache.purge(&cred("authentik_proxy_a=alice-1")).removed, 1);
         assert!(!cache.insert_asked_at(&alice, &identity("alice"), now, asked));
         assert!(
             !cache.insert_asked_at(&alice_other_browser, &identity("alice"), now, asked),
@@ -675,6 +752,25 @@ mod tests {
         );
         // A check asked after the purge is stored as usual.
         assert!(cache.insert_asked_at(&alice, &identity("alice"), now, cache.purges()));
+    }
+
+    #[test]
+    fn a_sign_out_purges_again_when_it_ends_with_the_users_it_found() {
+        let s = RandomState::new();
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let now = Instant::now();
+        let first = key("authentik_proxy_a=alice-1", "app", &s).unwrap();
+        let second = key("authentik_proxy_a=alice-2", "app", &s).unwrap();
+        assert!(cache.insert(&first, &identity("alice"), now));
+        let sign_out = SignOut::begin(&cache, cred("authentik_proxy_a=alice-1"));
+        assert!(cache.is_empty());
+        // Another session of the same user, answered while the outpost was signing out.
+        assert!(cache.insert(&second, &identity("alice"), now));
+        drop(sign_out);
+        assert!(
+            cache.is_empty(),
+            "the second purge removes the user's other session"
+        );
     }
 
     #[test]
@@ -705,7 +801,7 @@ mod tests {
         cache.insert(&other, &identity("bob"), now);
         let p = parts("authentik_proxy_a=S1", None);
         let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
-        assert_eq!(cache.purge(&Credentials::of(&c)), 3);
+        assert_eq!(cache.purge(&Credentials::of(&c)).removed, 3);
         assert_eq!(cache.get(&other, now).0, Lookup::Hit);
         assert_eq!(cache.get(&k3, now).0, Lookup::Miss);
     }
@@ -721,7 +817,7 @@ mod tests {
         cache.insert(&prefixed, &identity("dave"), now);
         let p = parts("authentik_proxy_a=S1", None);
         let c = Caller::new(&p, "127.0.0.1".parse().unwrap(), &[], false);
-        assert_eq!(cache.purge(&Credentials::of(&c)), 0);
+        assert_eq!(cache.purge(&Credentials::of(&c)).removed, 0);
         assert_eq!(cache.len(), 2);
     }
 

@@ -82,11 +82,10 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     // Login and logout flows, and the outpost's own paths, are never cached (DESIGN.md 3).
     let signed =
         has_outpost_signature(forwarded.as_bytes()) || is_outpost_path(forwarded.as_bytes());
-    // Purged now, and again once the outpost has answered (as for a passthrough sign-out).
-    let sign_out = is_sign_out(forwarded.as_bytes()).then(|| Credentials::of(&caller));
-    if let Some(cred) = &sign_out {
-        rt.cache.purge(cred);
-    }
+    // Purged now, and again when this check ends (the outpost has answered) or is abandoned, as
+    // for a passthrough sign-out.
+    let _sign_out = is_sign_out(forwarded.as_bytes())
+        .then(|| cache::SignOut::begin(&rt.cache, Credentials::of(&caller)));
     let host = caller
         .host_for(endpoint == Endpoint::Nginx)
         .unwrap_or(headers::EMPTY);
@@ -119,9 +118,6 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
         }
         None => ask(app, &rt, endpoint, &caller).await,
     };
-    if let Some(cred) = &sign_out {
-        rt.cache.purge(cred);
-    }
     let seconds = Some(started.elapsed().as_secs_f64());
     match outcome {
         Outcome::Allow(a) => Answer {

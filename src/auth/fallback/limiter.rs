@@ -179,9 +179,17 @@ impl Limiter {
                 true => self.other_users.live(&u.digest, window, now),
                 false => None,
             };
+            let max = self.known_users.max;
             let failures = own.map_or(0, |(f, _)| f) + before.map_or(0, |(f, _)| f);
-            let left = own.map(|(_, l)| l).max(before.map(|(_, l)| l))?;
-            (failures >= self.known_users.max).then(|| left.max(MIN_RETRY_AFTER))
+            // Limited until the sum drops below the limit: when one window alone reaches it,
+            // that window's end; otherwise the first of the two to end.
+            let left = match (own, before) {
+                (Some((f, l)), _) | (_, Some((f, l))) if f >= max => l,
+                (Some((_, a)), Some((_, b))) => a.min(b),
+                (Some((_, l)), None) | (None, Some((_, l))) => l,
+                (None, None) => return None,
+            };
+            (failures >= max).then(|| left.max(MIN_RETRY_AFTER))
         });
         let by_address = self.addresses.blocked(&address, window, now);
         by_user.max(by_address)
