@@ -89,7 +89,7 @@ impl<'a> Caller<'a> {
     /// app whose policy is checked); `None` when that URL names no usable host. Otherwise
     /// [`Caller::host`].
     pub fn host_for(&self, nginx: bool) -> Option<HeaderValue> {
-        match self.original_url().filter(|_| nginx) {
+        match nginx.then(|| self.original_url()).flatten() {
             Some(url) => url_host(url.as_bytes()),
             None => self.host(),
         }
