@@ -127,6 +127,7 @@ async fn nginx_401_is_never_stored() {
     let h = start(trust_loopback).await;
     let cookie = format!("{}=no-such-session", h.outpost.cookie_name());
     let headers = [
+        ("host", "app.example"),
         ("x-original-url", "https://app.example/dashboard"),
         ("cookie", cookie.as_str()),
     ];

@@ -152,6 +152,7 @@ async fn nginx_without_session_relays_401_with_cookie_and_body() {
     let r = get(
         &h.url("/outpost.goauthentik.io/auth/nginx"),
         &[
+            ("host", "app.example"),
             ("x-original-url", "https://app.example/dashboard"),
             ("user-agent", "nginx-test"),
         ],
@@ -175,6 +176,7 @@ async fn nginx_forwards_a_trusted_original_url_but_never_original_uri() {
     let r = get(
         &h.url("/outpost.goauthentik.io/auth/nginx"),
         &[
+            ("host", "app.example"),
             ("x-original-url", "https://app.example/dashboard?a=1"),
             ("x-original-uri", "/public/x"),
         ],
@@ -191,20 +193,36 @@ async fn nginx_forwards_a_trusted_original_url_but_never_original_uri() {
 }
 
 #[tokio::test]
-async fn nginx_host_comes_from_the_original_url_not_a_passed_on_forwarded_host() {
-    // nginx passes the browser's own X-Forwarded-Host on; the outpost picks the app by it. The
-    // app judged must be the one the original URL names, and the cache keyed the same way.
+async fn nginx_host_is_the_original_urls_and_must_be_the_one_nginx_routed_to() {
+    // The outpost picks the app by the host it is sent. On /auth/nginx that is the original
+    // URL's, and only when nginx routed the request to that host (its Host, or a trusted
+    // X-Forwarded-Host): nginx builds the URL from the client's Host line but routes by the
+    // request line first, and passes a client's X-Forwarded-Host on.
     let h = start(trust_loopback).await;
     let cookie = h.session_cookie("akadmin");
-    let r = get(
-        &h.url("/outpost.goauthentik.io/auth/nginx"),
-        &[
-            ("host", "portcullis:9000"),
-            ("x-original-url", "https://admin.example:8443/panel"),
-            ("x-forwarded-host", "public.example"),
-            ("cookie", cookie.as_str()),
-        ],
-    )
+    let nginx = |headers: Vec<(&'static str, String)>| {
+        let url = h.url("/outpost.goauthentik.io/auth/nginx");
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            get(&url, &headers).await
+        }
+    };
+    let with = |host: &str, url: &str, extra: Option<(&'static str, &str)>| {
+        let mut v = vec![
+            ("host", host.to_owned()),
+            ("x-original-url", url.to_owned()),
+            ("cookie", cookie.clone()),
+        ];
+        v.extend(extra.map(|(n, x)| (n, x.to_owned())));
+        v
+    };
+    // nginx's $host has no port; the URL's port goes on to the outpost.
+    let r = nginx(with(
+        "admin.example",
+        "https://admin.example:8443/panel",
+        None,
+    ))
     .await;
     assert_eq!(r.status, 200);
     let sent = last_request(&h);
@@ -213,58 +231,44 @@ async fn nginx_host_comes_from_the_original_url_not_a_passed_on_forwarded_host()
         "admin.example:8443"
     );
     assert_eq!(sent.headers.get("host").unwrap(), "admin.example:8443");
-    // A userinfo part never reaches the host.
-    let r = get(
-        &h.url("/outpost.goauthentik.io/auth/nginx"),
-        &[
-            (
-                "x-original-url",
-                "https://public.example@admin.example/panel",
-            ),
-            ("cookie", cookie.as_str()),
-        ],
-    )
+    // A userinfo part, or bytes the URL parser refuses after the authority, change nothing.
+    for url in [
+        "https://public.example@admin.example/panel",
+        "https://admin.example/settings?x=<",
+    ] {
+        let r = nginx(with("ADMIN.example.", url, None)).await;
+        assert_eq!(r.status, 200, "{url}");
+        assert_eq!(
+            last_request(&h).headers.get("x-forwarded-host").unwrap(),
+            "admin.example"
+        );
+    }
+    let asked = h.outpost.stats().auth_requests;
+    // Routed to admin (an absolute-form request line), URL built from a Host line naming wiki.
+    let r = nginx(with("admin.example", "https://wiki.example/settings", None)).await;
+    assert_eq!(r.status, 400);
+    // A client's own X-Forwarded-Host passed on by nginx disagrees with the URL.
+    let claim = Some(("x-forwarded-host", "wiki.example"));
+    let r = nginx(with(
+        "admin.example",
+        "https://admin.example/settings",
+        claim,
+    ))
     .await;
-    assert_eq!(r.status, 200);
+    assert_eq!(r.status, 400);
+    // No host in the URL at all.
+    let r = nginx(with("admin.example", "/settings", None)).await;
+    assert_eq!(r.status, 400);
     assert_eq!(
-        last_request(&h).headers.get("x-forwarded-host").unwrap(),
-        "admin.example"
+        h.outpost.stats().auth_requests,
+        asked,
+        "refused before asking"
     );
     assert_eq!(
         h.app.runtime().cache.len(),
         2,
         "keyed by admin.example and admin.example:8443"
     );
-    // Bytes the URL parser refuses after the authority never hand the choice back to the
-    // passed-on X-Forwarded-Host.
-    let fresh = h.session_cookie("akadmin");
-    let r = get(
-        &h.url("/outpost.goauthentik.io/auth/nginx"),
-        &[
-            ("x-original-url", "https://admin.example/settings?x=<"),
-            ("x-forwarded-host", "wiki.example"),
-            ("cookie", fresh.as_str()),
-        ],
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    let sent = last_request(&h);
-    assert_eq!(
-        sent.headers.get("x-forwarded-host").unwrap(),
-        "admin.example"
-    );
-    // A trusted original URL that names no host: no X-Forwarded-Host reaches the outpost.
-    let r = get(
-        &h.url("/outpost.goauthentik.io/auth/nginx"),
-        &[
-            ("x-original-url", "/settings"),
-            ("x-forwarded-host", "wiki.example"),
-            ("cookie", fresh.as_str()),
-        ],
-    )
-    .await;
-    let sent = last_request(&h);
-    assert!(sent.headers.get("x-forwarded-host").is_none(), "{r:?}");
 }
 
 #[tokio::test]
@@ -499,7 +503,10 @@ async fn dot_segments_in_the_forwarded_uri_are_refused_before_the_outpost() {
     }
     let r = get(
         &h.url("/outpost.goauthentik.io/auth/nginx"),
-        &[("x-original-url", "https://app.example/public/../admin")],
+        &[
+            ("host", "app.example"),
+            ("x-original-url", "https://app.example/public/../admin"),
+        ],
     )
     .await;
     assert_eq!(r.status, 400);

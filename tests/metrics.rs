@@ -15,7 +15,10 @@ use support::*;
 
 const TRAEFIK: &str = "/outpost.goauthentik.io/auth/traefik";
 /// What nginx's `auth_request` sends (from a trusted peer).
-const NGINX: [(&str, &str); 1] = [("x-original-url", "https://app.example/dashboard")];
+const NGINX: [(&str, &str); 2] = [
+    ("host", "app.example"),
+    ("x-original-url", "https://app.example/dashboard"),
+];
 
 /// `portcullis_requests_total{endpoint,decision}`.
 fn requests(text: &str, endpoint: &str, decision: &str) -> f64 {

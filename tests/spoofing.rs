@@ -118,6 +118,7 @@ async fn spoofed_identity_headers_never_reach_the_outpost_and_allow_carries_outp
         h.outpost.clear_requests();
         let mut headers = traefik_headers(&[("cookie", &cookie)]);
         headers.push(("x-original-url", "https://app.example/dashboard"));
+        headers.push(("host", "app.example"));
         headers.extend_from_slice(&SPOOFED);
         let r = get(&h.url(path), &headers).await;
         assert_eq!(r.status, 200, "{path}");
@@ -414,6 +415,7 @@ async fn x_original_uri_is_never_forwarded_even_from_a_trusted_peer() {
     let r = get(
         &h.url(NGINX),
         &[
+            ("host", "app.example"),
             ("x-original-url", "https://app.example/dashboard"),
             ("x-original-uri", "/public/bypass"),
             ("X_Original_URI", "/public/bypass"),
@@ -444,6 +446,7 @@ async fn x_original_url_is_forwarded_only_from_a_trusted_peer_on_nginx() {
     let r = get(
         &h.url(NGINX),
         &[
+            ("host", "app.example"),
             ("x-original-url", "https://app.example/x"),
             ("cookie", &cookie),
         ],
@@ -461,6 +464,7 @@ async fn x_original_url_is_forwarded_only_from_a_trusted_peer_on_nginx() {
     let r = get(
         &h.url(TRAEFIK),
         &traefik_headers(&[
+            ("host", "app.example"),
             ("x-original-url", "https://app.example/x"),
             ("cookie", &cookie),
         ]),

@@ -79,6 +79,20 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
             outpost_seconds: None,
         };
     }
+    let host = match caller.host_for(endpoint == Endpoint::Nginx) {
+        Ok(host) => host.unwrap_or(headers::EMPTY),
+        Err(err) => {
+            tracing::info!(
+                endpoint = endpoint.as_str(),
+                "X-Original-URL names a host other than the one nginx routed to, or none (400)"
+            );
+            return Answer {
+                response: err.response(),
+                decision: Decision::Error,
+                outpost_seconds: None,
+            };
+        }
+    };
     // Login and logout flows, and the outpost's own paths, are never cached (DESIGN.md 3).
     let signed =
         has_outpost_signature(forwarded.as_bytes()) || is_outpost_path(forwarded.as_bytes());
@@ -86,9 +100,6 @@ pub async fn check(app: &App, endpoint: Endpoint, parts: &Parts, peer: Peer) -> 
     // for a passthrough sign-out.
     let _sign_out = is_sign_out(forwarded.as_bytes())
         .then(|| cache::SignOut::begin(&rt.cache, Credentials::of(&caller)));
-    let host = caller
-        .host_for(endpoint == Endpoint::Nginx)
-        .unwrap_or(headers::EMPTY);
     // Coalescing needs the key even with the cache off; signed URLs get neither.
     let key = if signed {
         None

@@ -153,7 +153,8 @@ pub fn build_request(client: &OutpostClient, endpoint: Endpoint, caller: &Caller
     head.extend_from_slice(b"GET ");
     head.extend_from_slice(path.as_str().as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    let host = caller.host_for(endpoint == Endpoint::Nginx);
+    // `check` refused a mismatched nginx host before asking.
+    let host = caller.host_for(endpoint == Endpoint::Nginx).ok().flatten();
     let authority = client.authority().as_str().as_bytes();
     field(
         &mut head,

@@ -11,6 +11,8 @@ use http::header::{HeaderValue, AUTHORIZATION, COOKIE, HOST, USER_AGENT};
 use http::request::Parts;
 use ipnet::IpNet;
 
+use crate::error::ProxyError;
+
 use super::headers::{
     X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_METHOD, X_FORWARDED_PROTO, X_FORWARDED_URI,
     X_ORIGINAL_URL,
@@ -84,14 +86,21 @@ impl<'a> Caller<'a> {
     }
 
     /// The host to judge: on `/auth/nginx` (`nginx`) with a trusted `X-Original-URL`, that URL's
-    /// host and port and nothing else (nginx builds the URL from the request it routed, while the
-    /// `X-Forwarded-Host` it passes on is the browser's own, which would let a client pick the
-    /// app whose policy is checked); `None` when that URL names no usable host. Otherwise
+    /// host and port, and only when nginx routed the request to that same host name (its trusted
+    /// `X-Forwarded-Host` if it sends one, else `Host`); `Err` when they differ or the URL names
+    /// no usable host. nginx builds the URL from the client's `Host` line, but routes by the
+    /// request line's host first (absolute-form) or falls to a default server: a client could
+    /// otherwise have one app's session judged while nginx serves another app. Elsewhere
     /// [`Caller::host`].
-    pub fn host_for(&self, nginx: bool) -> Option<HeaderValue> {
-        match nginx.then(|| self.original_url()).flatten() {
-            Some(url) => url_host(url.as_bytes()),
-            None => self.host(),
+    pub fn host_for(&self, nginx: bool) -> Result<Option<HeaderValue>, ProxyError> {
+        let Some(url) = nginx.then(|| self.original_url()).flatten() else {
+            return Ok(self.host());
+        };
+        let judged = url_host(url.as_bytes()).ok_or(ProxyError::BadHost)?;
+        let routed = self.host().ok_or(ProxyError::BadHost)?;
+        match same_host_name(judged.as_bytes(), routed.as_bytes()) {
+            true => Ok(Some(judged)),
+            false => Err(ProxyError::BadHost),
         }
     }
 
@@ -223,6 +232,21 @@ fn url_host(url: &[u8]) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_bytes(host).ok()
+}
+
+/// Whether two `host[:port]` values name the same host: the name without its port, one trailing
+/// dot and ASCII case ignored; `[v6]` literals compared whole.
+fn same_host_name(a: &[u8], b: &[u8]) -> bool {
+    fn name(h: &[u8]) -> &[u8] {
+        let end = match h.first() {
+            Some(b'[') => h.iter().position(|&c| c == b']').map_or(h.len(), |i| i + 1),
+            _ => h.iter().position(|&c| c == b':').unwrap_or(h.len()),
+        };
+        let n = &h[..end];
+        n.strip_suffix(b".").unwrap_or(n)
+    }
+    let (a, b) = (name(a), name(b));
+    !a.is_empty() && a.eq_ignore_ascii_case(b)
 }
 
 /// Whether `ip` lies in one of `nets` (IPv4-mapped IPv6 peers count as IPv4).
