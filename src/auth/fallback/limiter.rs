@@ -184,6 +184,7 @@ impl Limiter {
             // Limited until the sum drops below the limit: when one window alone reaches it,
             // that window's end; otherwise the first of the two to end.
             let left = match (own, before) {
+                (Some((f, a)), Some((g, b))) if f >= max && g >= max => a.max(b),
                 (Some((f, l)), _) | (_, Some((f, l))) if f >= max => l,
                 (Some((_, a)), Some((_, b))) => a.min(b),
                 (Some((_, l)), None) | (None, Some((_, l))) => l,
