@@ -276,11 +276,55 @@ impl Entry {
     }
 }
 
+/// Bytes of entries (key and identity) the cache holds per entry of `cache.capacity`, on
+/// average: 195 MiB at the default 100 000 entries. Sessions without a JWT take about 600 bytes,
+/// with a 1 KiB JWT about 2.3 KiB (so about 85 000 of those fit at the default); the bound keeps
+/// a pod with a 256 MiB limit alive when someone fills the cache with huge cookies (a key can be
+/// as large as `server.max_header_bytes`).
+const BYTES_PER_ENTRY: usize = 2048;
+
+/// One shard: its LRU and the bytes its entries hold.
+#[derive(Debug)]
+struct Shard {
+    lru: LruCache<u64, Entry>,
+    bytes: usize,
+}
+
+impl Shard {
+    fn put(&mut self, hash: u64, entry: Entry) {
+        self.bytes += entry.data.len();
+        if let Some(old) = self.lru.put(hash, entry) {
+            self.bytes -= old.data.len();
+        }
+    }
+
+    fn pop(&mut self, hash: &u64) {
+        if let Some(old) = self.lru.pop(hash) {
+            self.bytes -= old.data.len();
+        }
+    }
+
+    /// Evicts least recently used entries until at most `entries` and `bytes` are held.
+    fn shrink_to(&mut self, entries: usize, bytes: usize) {
+        while self.lru.len() > entries || self.bytes > bytes {
+            match self.lru.pop_lru() {
+                Some((_, old)) => self.bytes -= old.data.len(),
+                None => break,
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        self.lru.clear();
+        self.bytes = 0;
+    }
+}
+
 /// The sharded LRU.
 #[derive(Debug)]
 pub struct Cache {
     /// One shard, or [`SHARDS`] of them.
-    shards: Box<[Mutex<LruCache<u64, Entry>>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// `shards.len() - 1`: a hash's shard is `hash & mask`.
     mask: usize,
     /// Entries each shard keeps before it evicts its least recently used: `capacity / shards`,
@@ -288,6 +332,8 @@ pub struct Cache {
     per_shard: usize,
     /// `capacity % shards`.
     remainder: usize,
+    /// Bytes of entries each shard keeps: its share of `capacity * BYTES_PER_ENTRY`.
+    bytes_per_shard: usize,
     ttl: Duration,
     /// Expiries are kept as milliseconds since this instant (8 bytes instead of 16 per entry).
     epoch: Instant,
@@ -371,12 +417,18 @@ impl Cache {
         let capacity = capacity.max(1);
         let count = if capacity < SHARD_FROM { 1 } else { SHARDS };
         let shards = (0..count)
-            .map(|_| Mutex::new(LruCache::unbounded()))
+            .map(|_| {
+                Mutex::new(Shard {
+                    lru: LruCache::unbounded(),
+                    bytes: 0,
+                })
+            })
             .collect();
         Cache {
             shards,
             mask: count - 1,
             per_shard: capacity / count,
+            bytes_per_shard: capacity.saturating_mul(BYTES_PER_ENTRY) / count,
             remainder: capacity % count,
             ttl,
             epoch: Instant::now(),
@@ -408,7 +460,7 @@ impl Cache {
         !self.ttl.is_zero()
     }
 
-    fn shard(&self, hash: u64) -> &Mutex<LruCache<u64, Entry>> {
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
         &self.shards[self.index(hash)]
     }
 
@@ -417,7 +469,7 @@ impl Cache {
         let Ok(mut shard) = self.shard(key.hash).lock() else {
             return (Lookup::Miss, None);
         };
-        let Some(entry) = shard.get(&key.hash) else {
+        let Some(entry) = shard.lru.get(&key.hash) else {
             return (Lookup::Miss, None);
         };
         if entry.key() != key.bytes.as_slice() {
@@ -481,10 +533,12 @@ impl Cache {
             if asked.is_some_and(|n| self.purged_since(n, &entry)) {
                 return false;
             }
-            shard.put(key.hash, entry);
-            while shard.len() > cap {
-                shard.pop_lru();
+            // An entry alone over the shard's byte budget would only evict everything else.
+            if entry.data.len() > self.bytes_per_shard {
+                return false;
             }
+            shard.put(key.hash, entry);
+            shard.shrink_to(cap, self.bytes_per_shard);
             return true;
         }
         false
@@ -578,6 +632,7 @@ impl Cache {
                 continue;
             };
             let doomed: Vec<u64> = shard
+                .lru
                 .iter()
                 .filter(|(_, e)| pred(e))
                 .map(|(k, _)| *k)
@@ -603,7 +658,7 @@ impl Cache {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().map_or(0, |s| s.len()))
+            .map(|s| s.lock().map_or(0, |s| s.lru.len()))
             .sum()
     }
 
@@ -614,7 +669,7 @@ impl Cache {
             .iter()
             .map(|s| {
                 s.lock()
-                    .map_or(0, |s| s.iter().filter(|(_, e)| e.expires > now).count())
+                    .map_or(0, |s| s.lru.iter().filter(|(_, e)| e.expires > now).count())
             })
             .sum()
     }
@@ -771,6 +826,38 @@ mod tests {
             cache.is_empty(),
             "the second purge removes the user's other session"
         );
+    }
+
+    #[test]
+    fn huge_keys_are_bounded_by_bytes_not_only_by_count() {
+        let s = RandomState::new();
+        let now = Instant::now();
+        // 100 entries of budget: 200 KiB in one shard; each of these keys is ~30 KiB.
+        let cache = Cache::new(100, Duration::from_secs(10));
+        let big = |i: usize| {
+            let value = format!("{i}-{}", "x".repeat(30_000));
+            key(&format!("authentik_proxy_a={value}"), "app", &s).unwrap()
+        };
+        for i in 0..20 {
+            assert!(cache.insert(&big(i), &identity("mallory"), now));
+        }
+        let held: usize = cache.shards.iter().map(|s| s.lock().unwrap().bytes).sum();
+        assert!(held <= 100 * BYTES_PER_ENTRY, "{held} bytes held");
+        assert!(cache.len() < 20);
+        assert_eq!(
+            cache.get(&big(0), now).0,
+            Lookup::Miss,
+            "the oldest went first"
+        );
+        assert_eq!(cache.get(&big(19), now).0, Lookup::Hit);
+        // Ordinary entries still fit in the same cache.
+        let small = key("authentik_proxy_a=alice", "app", &s).unwrap();
+        assert!(cache.insert(&small, &identity("alice"), now));
+        assert_eq!(cache.get(&small, now).0, Lookup::Hit);
+        // One entry over a shard's whole budget is not stored at all.
+        let tiny = Cache::new(1, Duration::from_secs(10));
+        assert!(!tiny.insert(&big(0), &identity("mallory"), now));
+        assert!(tiny.insert(&small, &identity("alice"), now));
     }
 
     #[test]
