@@ -366,11 +366,20 @@ struct Purged {
 impl Purged {
     /// Whether this purge removes (or would have removed) an entry of these field and user
     /// hashes.
-    fn concerns(&self, fields: &[u64], user: Option<u64>) -> bool {
+    fn concerns(&self, marks: &Marks) -> bool {
+        // The purge's few credentials against the entry's set: a key of thousands of cookie
+        // fields costs no more than one of a single cookie here.
         !self.done
-            || fields.iter().any(|f| self.credentials.contains(f))
-            || user.is_some_and(|u| self.users.contains(&u))
+            || self.credentials.iter().any(|c| marks.fields.contains(c))
+            || marks.user.is_some_and(|u| self.users.contains(&u))
     }
+}
+
+/// Keyed hashes of an entry's credential fields and of its user, as the purge log keeps them.
+#[derive(Debug)]
+struct Marks {
+    fields: HashSet<u64>,
+    user: Option<u64>,
 }
 
 /// What a purge found, for the purge that follows once the outpost has answered the sign-out.
@@ -527,10 +536,14 @@ impl Cache {
         };
         let index = self.index(key.hash);
         let cap = self.cap(index);
+        // Hashed before the lock when a purge has already run since the check was asked.
+        let marks = asked
+            .filter(|&n| n != self.purges())
+            .map(|_| self.marks(&entry));
         if let Ok(mut shard) = self.shards[index].lock() {
             // Checked under the shard lock: a purge is logged and counted first and then takes
             // every shard's lock, so it either is seen here or removes this entry after.
-            if asked.is_some_and(|n| self.purged_since(n, &entry)) {
+            if asked.is_some_and(|n| self.purged_since(n, &entry, marks.as_ref())) {
                 return false;
             }
             // An entry alone over the shard's byte budget would only evict everything else.
@@ -558,21 +571,35 @@ impl Cache {
 
     /// Whether a purge begun after the purge count was `asked` concerns `entry` (or may have:
     /// one the log no longer holds).
-    fn purged_since(&self, asked: u64, entry: &Entry) -> bool {
+    /// `marks` are `entry`'s, when they were computed before the shard lock was taken.
+    fn purged_since(&self, asked: u64, entry: &Entry, marks: Option<&Marks>) -> bool {
         if self.purges() == asked {
             return false;
         }
-        let fields: Vec<u64> = credential_fields(entry.key())
-            .map(|f| self.log_hasher.hash_one(f))
-            .collect();
-        let user = uid_of(entry).map(|u| self.log_hasher.hash_one(u));
+        let computed;
+        let marks = match marks {
+            Some(m) => m,
+            None => {
+                computed = self.marks(entry);
+                &computed
+            }
+        };
         let log = self.purged.lock().unwrap_or_else(PoisonError::into_inner);
         if log.front().is_none_or(|p| p.seq > asked + 1) {
             return true;
         }
         log.iter()
             .filter(|p| p.seq > asked)
-            .any(|p| p.concerns(&fields, user))
+            .any(|p| p.concerns(marks))
+    }
+
+    fn marks(&self, entry: &Entry) -> Marks {
+        Marks {
+            fields: credential_fields(entry.key())
+                .map(|f| self.log_hasher.hash_one(f))
+                .collect(),
+            user: uid_of(entry).map(|u| self.log_hasher.hash_one(u)),
+        }
     }
 
     /// Removes every entry that shares a credential with `cred`, on every host, and every entry
