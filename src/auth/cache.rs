@@ -192,7 +192,7 @@ const MAX_PURGE_COOKIES: usize = 64;
 const MAX_PURGE_VALUE: usize = 8 * 1024;
 
 /// The credentials of a sign-out request, for purging.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct Credentials {
     /// `name=value` of each session cookie.
     cookies: HashSet<Vec<u8>>,

@@ -88,23 +88,22 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// Whether `name` starts with `prefix` when `-`, `_` and `.` count as one separator.
 /// `prefix` is lower case with `-` separators and ends with `-`.
 fn has_family_prefix(name: &str, prefix: &str) -> bool {
-    let name = name.as_bytes();
-    let prefix = prefix.as_bytes();
-    name.len() > prefix.len()
-        && name.iter().zip(prefix).all(|(&n, &p)| {
+    name.len() > prefix.len() && folds_to(&name.as_bytes()[..prefix.len()], prefix)
+}
+
+/// Whether `name` is `canonical` (lower case) with any case and `_` or `.` for any dash.
+fn folds_to(name: &[u8], canonical: &str) -> bool {
+    name.len() == canonical.len()
+        && name.iter().zip(canonical.bytes()).all(|(&n, c)| {
             let n = n.to_ascii_lowercase();
-            n == p || (p == b'-' && (n == b'_' || n == b'.'))
+            n == c || (c == b'-' && (n == b'_' || n == b'.'))
         })
 }
 
 /// Whether `name` is `canonical` (lower case) in any spelling: `-`, `_` or `.` for each dash,
 /// any case. Backends that fold `_` and `.` into `-` (CGI, PHP, WSGI) read them all alike.
 pub fn is_spelling_of(name: &str, canonical: &str) -> bool {
-    name.len() == canonical.len()
-        && name.bytes().zip(canonical.bytes()).all(|(n, c)| {
-            let n = n.to_ascii_lowercase();
-            n == c || (c == b'-' && (n == b'_' || n == b'.'))
-        })
+    folds_to(name.as_bytes(), canonical)
 }
 
 /// Any spelling of `X-Auth-Fallback`: a backend would read it as the marker.

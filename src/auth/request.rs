@@ -11,6 +11,7 @@ use http::header::{HeaderValue, AUTHORIZATION, COOKIE, HOST, USER_AGENT};
 use http::request::Parts;
 use ipnet::IpNet;
 
+use crate::edge::routes::ClientHost;
 use crate::error::ProxyError;
 
 use super::headers::{
@@ -98,7 +99,7 @@ impl<'a> Caller<'a> {
         };
         let judged = url_host(url.as_bytes()).ok_or(ProxyError::BadHost)?;
         let routed = self.host().ok_or(ProxyError::BadHost)?;
-        match same_host_name(judged.as_bytes(), routed.as_bytes()) {
+        match same_host_name(&judged, &routed) {
             true => Ok(Some(judged)),
             false => Err(ProxyError::BadHost),
         }
@@ -234,19 +235,14 @@ fn url_host(url: &[u8]) -> Option<HeaderValue> {
     HeaderValue::from_bytes(host).ok()
 }
 
-/// Whether two `host[:port]` values name the same host: the name without its port, one trailing
-/// dot and ASCII case ignored; `[v6]` literals compared whole.
-fn same_host_name(a: &[u8], b: &[u8]) -> bool {
-    fn name(h: &[u8]) -> &[u8] {
-        let end = match h.first() {
-            Some(b'[') => h.iter().position(|&c| c == b']').map_or(h.len(), |i| i + 1),
-            _ => h.iter().position(|&c| c == b':').unwrap_or(h.len()),
-        };
-        let n = &h[..end];
-        n.strip_suffix(b".").unwrap_or(n)
+/// Whether two `host[:port]` values name the same host: both valid hosts (the edge's own check,
+/// [`ClientHost::parse`]: one trailing dot dropped, `[v6]` literals whole), names equal but for
+/// ASCII case, ports ignored.
+fn same_host_name(a: &HeaderValue, b: &HeaderValue) -> bool {
+    fn name(h: &HeaderValue) -> Option<&str> {
+        h.to_str().ok().and_then(ClientHost::parse).map(|h| h.name)
     }
-    let (a, b) = (name(a), name(b));
-    !a.is_empty() && a.eq_ignore_ascii_case(b)
+    matches!((name(a), name(b)), (Some(x), Some(y)) if x.eq_ignore_ascii_case(y))
 }
 
 /// Whether `ip` lies in one of `nets` (IPv4-mapped IPv6 peers count as IPv4).
